@@ -1,0 +1,95 @@
+//! The admin listener (its own port, never the app's): `/healthz` (the process serves),
+//! `/readyz` (a key is loaded and we are not draining), `/metrics` (Prometheus text) and
+//! `/credential` (which key is live, by fingerprint only).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::state::Shared;
+use crate::telemetry;
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": {"code": "method_not_allowed"}})));
+    }
+    let resp = match req.uri().path() {
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => readyz(&shared),
+        "/metrics" => metrics(&shared),
+        "/credential" => credential(&shared),
+        _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": {"code": "not_found"}})),
+    };
+    Ok(resp)
+}
+
+fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    let snap = shared.load();
+    match shared.readiness() {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "ready",
+                "service": &*snap.config.service.name,
+                "generation": snap.generation,
+            }),
+        ),
+        Err(reason) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready", "reason": reason, "generation": snap.generation}),
+        ),
+    }
+}
+
+fn credential(shared: &Shared) -> Response<Full<Bytes>> {
+    let snap = shared.load();
+    let body = match &snap.credential {
+        Some(c) => serde_json::json!({
+            "fingerprint": c.fingerprint(),
+            "source": c.source().as_str(),
+            "loaded_at": humantime::format_rfc3339_seconds(c.loaded_at()).to_string(),
+            "generation": snap.generation,
+            "last_error": shared.credential_error().as_deref(),
+        }),
+        None => serde_json::json!({
+            "fingerprint": null,
+            "source": null,
+            "loaded_at": null,
+            "generation": snap.generation,
+            "last_error": shared.credential_error().as_deref(),
+        }),
+    };
+    let status = if snap.credential.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &body)
+}
+
+/// The recorder's metrics plus gauges rendered from the live snapshot, so the credential
+/// series always shows the current fingerprint only (the old series is gone at once).
+fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    let snap = shared.load();
+    let mut text = telemetry::metrics().render();
+    let ready = u8::from(shared.readiness().is_ok());
+    let _ = writeln!(text, "# TYPE {} gauge\n{} {ready}", telemetry::READY, telemetry::READY);
+    let _ = writeln!(text, "# TYPE {} gauge\n{} {}", telemetry::SNAPSHOT_GENERATION, telemetry::SNAPSHOT_GENERATION, snap.generation);
+    if let Some(c) = &snap.credential {
+        let _ = writeln!(text, "# TYPE {} gauge\n{}{{fingerprint=\"{}\"}} 1", telemetry::CREDENTIAL_INFO, telemetry::CREDENTIAL_INFO, c.fingerprint());
+    }
+    let at = shared.credential_reloaded_at();
+    let _ = writeln!(text, "# TYPE {} gauge\n{} {at}", telemetry::CREDENTIAL_LAST_RELOAD, telemetry::CREDENTIAL_LAST_RELOAD);
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,190 @@
+//! Configuration: `sidekey.toml` (+ an optional permission catalogue file) parsed into a
+//! validated [`Config`] in one step. Every error names the file, the key path and the line,
+//! so `sidekey check` output can be acted on without reading the source.
+
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme};
+use rustls_pki_types::CertificateDer;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::policy::RouteSpec;
+
+/// A validated configuration. Built only by [`Config::load`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file this was read from.
+    pub path: PathBuf,
+    /// The catalogue file, when `permissions_file` names one.
+    pub permissions_path: Option<PathBuf>,
+    /// SHA-256 over every source text: equal digests mean nothing changed.
+    pub digest: [u8; 32],
+    pub listener: Listener,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub credential: CredentialConfig,
+    pub service: Service,
+    /// Every catalogue route, by permission name then declaration order.
+    pub catalogue: Vec<RouteSpec>,
+    pub runtime: Runtime,
+    pub reload: Reload,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub address: std::net::SocketAddr,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub address: std::net::SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `upstream.url` as written, for display.
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Extra trust roots from `ca_file`, added to the Mozilla roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub allow_plaintext: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct CredentialConfig {
+    pub source: CredentialSource,
+    pub header: HeaderName,
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub allow: Vec<Arc<str>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    pub shutdown_idle: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub interval: Duration,
+    pub debounce: Duration,
+}
+
+/// A configuration error: which file, which key, which line, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {}{message}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default(), key_prefix(key))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path` and the catalogue file it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let raw: raw::RawConfig = parse(path, &text)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+        let catalogue_file = validate::catalogue_file(path, &text, &raw)?;
+        let catalogue = match &catalogue_file {
+            Some(rel) => {
+                let full = dir.join(rel);
+                let cat_text = read(&full)?;
+                hasher.update([0u8]);
+                hasher.update(cat_text.as_bytes());
+                let cat: raw::RawCatalogue = parse(&full, &cat_text)?;
+                Some((full, cat_text, cat.permissions))
+            }
+            None => None,
+        };
+        let ctx = validate::Ctx {
+            path,
+            text: &text,
+            dir,
+        };
+        let mut config = validate::validate(&ctx, raw, catalogue)?;
+        config.digest = hasher.finalize().into();
+        Ok(config)
+    }
+
+    /// Files whose changes should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.permissions_path.clone());
+        if let CredentialSource::File(f) = &self.credential.source {
+            files.push(f.clone());
+        }
+        files
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// Deserialises TOML, keeping the failing key path and line.
+fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        toml_error(path, text, &key, e.inner())
+    })
+}
+
+fn toml_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        file: path.to_owned(),
+        line: e.span().map(|s| line_of(text, s.start)),
+        key: key.to_owned(),
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// 1-based line number of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.bytes().filter(|&b| b == b'\n').count()) + 1
+}
+
+#[cfg(test)]
+mod tests;

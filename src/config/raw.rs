@@ -1,0 +1,93 @@
+//! The TOML shape of `sidekey.toml`, exactly as written. Unknown keys are errors everywhere;
+//! these key names are a contract with operators, so they only ever grow.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub listener: RawListener,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    pub upstream: Option<RawUpstream>,
+    pub credential: Option<RawCredential>,
+    pub service: Option<RawService>,
+    pub permissions_file: Option<Spanned<String>>,
+    pub permissions: Option<RawPermissions>,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub address: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub url: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub pool_idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_plaintext_upstream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    pub file: Option<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: Spanned<String>,
+    pub allow: Spanned<Vec<Spanned<String>>>,
+    /// Also accepted here: in the documented layout the key follows `[service]`'s keys.
+    pub permissions_file: Option<Spanned<String>>,
+}
+
+/// permission name -> route patterns.
+pub(crate) type RawPermissions = BTreeMap<String, Spanned<Vec<Spanned<String>>>>;
+
+/// A separate catalogue file holds one `[permissions]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalogue {
+    pub permissions: RawPermissions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRuntime {
+    pub workers: Option<Spanned<i64>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub shutdown_idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReload {
+    pub interval: Option<Spanned<String>>,
+    pub debounce: Option<Spanned<String>>,
+}

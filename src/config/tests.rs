@@ -1,0 +1,118 @@
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tmp() -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!("sidekey-cfg-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const MINIMAL: &str = r#"
+[upstream]
+url = "https://api.example.com"
+
+[credential]
+file = "key"
+
+[service]
+name = "svc"
+allow = ["a:read"]
+
+[permissions]
+"a:read" = ["GET /v1/things/{id}"]
+"a:write" = ["POST /v1/things"]
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", MINIMAL)).unwrap();
+    assert_eq!(c.listener.address.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.upstream.authority.as_str(), "api.example.com");
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.credential.source, CredentialSource::File(d.join("key")));
+    assert_eq!(c.credential.header, http::header::AUTHORIZATION);
+    assert_eq!(c.credential.prefix, "Bearer ");
+    assert_eq!(c.catalogue.len(), 2);
+    assert_eq!(c.runtime.workers, 1);
+}
+
+fn load_err(text: &str) -> ConfigError {
+    let d = tmp();
+    Config::load(&write(&d, "s.toml", text)).unwrap_err()
+}
+
+#[test]
+fn errors_name_key_and_line() {
+    let e = load_err(&MINIMAL.replace("[service]", "[service]\nbogus = 1"));
+    assert_eq!(e.line, Some(9), "{e}");
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    assert!(e.to_string().contains("s.toml:9"), "{e}");
+
+    let e = load_err(&MINIMAL.replace("allow = [\"a:read\"]", "allow = [\"a:read\", \"a:nope\"]"));
+    assert_eq!((e.key.as_str(), e.line), ("service.allow", Some(10)), "{e}");
+    assert!(e.message.contains("a:nope"));
+
+    let e = load_err(&MINIMAL.replace("allow = [\"a:read\"]", "allow = []"));
+    assert_eq!(e.key, "service.allow");
+
+    let e = load_err(&MINIMAL.replace("\"a:write\" = [\"POST /v1/things\"]", "\"a:write\" = []"));
+    assert_eq!((e.key.as_str(), e.line), ("permissions.a:write", Some(14)), "{e}");
+
+    let e = load_err(&MINIMAL.replace("POST /v1/things", "POST v1/things"));
+    assert_eq!(e.key, "permissions.a:write");
+    assert!(e.message.contains("start with '/'"), "{e}");
+
+    let e = load_err(&MINIMAL.replace("https://", "http://"));
+    assert_eq!((e.key.as_str(), e.line), ("upstream.url", Some(3)), "{e}");
+
+    let e = load_err(&MINIMAL.replace("https://api.example.com", "https://api.example.com/base"));
+    assert_eq!(e.key, "upstream.url");
+
+    let e = load_err(&MINIMAL.replace("file = \"key\"", "file = \"key\"\nenv = \"K\""));
+    assert_eq!(e.key, "credential");
+
+    let e = load_err(&format!("[listener]\naddress = \"0.0.0.0:8080\"\n{MINIMAL}"));
+    assert_eq!((e.key.as_str(), e.line), ("listener.address", Some(2)), "{e}");
+
+    let e = load_err(&MINIMAL.replace("[credential]", "[credential]\nheader = \"connection\""));
+    assert_eq!(e.key, "credential.header");
+}
+
+#[test]
+fn plaintext_needs_the_escape_hatch() {
+    let text = MINIMAL.replace("https://", "http://").replace("[credential]", "[credential]").replace(
+        "url = \"http://api.example.com\"",
+        "url = \"http://api.example.com\"\nallow_plaintext_upstream = true",
+    );
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", &text)).unwrap();
+    assert!(c.upstream.allow_plaintext);
+}
+
+#[test]
+fn permissions_file_is_relative_and_hashed() {
+    let d = tmp();
+    write(&d, "cat.toml", "[permissions]\n\"a:read\" = [\"GET /x\"]\n");
+    let text = MINIMAL
+        .replace("[permissions]\n\"a:read\" = [\"GET /v1/things/{id}\"]\n\"a:write\" = [\"POST /v1/things\"]\n", "")
+        .replace("[service]", "[service]\npermissions_file = \"cat.toml\"");
+    let path = write(&d, "s.toml", &text);
+    let c1 = Config::load(&path).unwrap();
+    assert_eq!(c1.permissions_path, Some(d.join("cat.toml")));
+    assert_eq!(&*c1.catalogue[0].text, "GET /x");
+    write(&d, "cat.toml", "[permissions]\n\"a:read\" = [\"GET /y\"]\n");
+    let c2 = Config::load(&path).unwrap();
+    assert_ne!(c1.digest, c2.digest);
+    write(&d, "cat.toml", "[permissions]\n\"a:read\" = [\"GET y\"]\n");
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!((e.file.clone(), e.line), (d.join("cat.toml"), Some(2)), "{e}");
+}

@@ -1,0 +1,235 @@
+//! `RawConfig` -> `Config`: defaults, types and cross-field rules. Each rule says which key
+//! it is about and points at that key's line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawPermissions};
+use super::{
+    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Listener, Reload, Runtime,
+    Service, Upstream, line_of,
+};
+use crate::policy::{Pattern, RouteSpec};
+
+pub(crate) struct Ctx<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+    pub dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, key: &str, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) -> Result<T, ConfigError> {
+        Err(error_in(self.path, self.text, key, span, msg))
+    }
+}
+
+fn error_in(path: &Path, text: &str, key: &str, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: path.to_owned(),
+        line: span.map(|s| line_of(text, s.start)),
+        key: key.to_owned(),
+        message: msg.into(),
+    }
+}
+
+/// `permissions_file` may sit at the top level or under `[service]`; not both.
+pub(crate) fn catalogue_file(path: &Path, text: &str, raw: &RawConfig) -> Result<Option<String>, ConfigError> {
+    let nested = raw.service.as_ref().and_then(|s| s.permissions_file.as_ref());
+    match (&raw.permissions_file, nested) {
+        (Some(_), Some(b)) => Err(error_in(path, text, "service.permissions_file", Some(b.span()), "set `permissions_file` once")),
+        (Some(f), None) | (None, Some(f)) => Ok(Some(f.get_ref().clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+pub(crate) fn validate(ctx: &Ctx<'_>, raw: RawConfig, file_catalogue: Option<(PathBuf, String, RawPermissions)>) -> Result<Config, ConfigError> {
+    let listener = Listener {
+        address: address(ctx, "listener.address", raw.listener.address.as_ref(), "127.0.0.1:8080")?,
+        header_read_timeout: duration(ctx, "listener.header_read_timeout", raw.listener.header_read_timeout.as_ref(), "10s")?,
+    };
+    if !listener.address.ip().is_loopback() {
+        let span = raw.listener.address.as_ref().map(Spanned::span);
+        return ctx.err("listener.address", span, "the listener speaks plain HTTP and must be bound to a loopback address (127.0.0.1 or ::1)");
+    }
+    let admin = Admin {
+        address: address(ctx, "admin.address", raw.admin.address.as_ref(), "127.0.0.1:9901")?,
+    };
+    let Some(up) = raw.upstream else {
+        return ctx.err("upstream", None, "missing table [upstream] with `url`");
+    };
+    let upstream = upstream(ctx, up)?;
+    let Some(cred) = raw.credential else {
+        return ctx.err("credential", None, "missing table [credential] with `file` or `env`");
+    };
+    let credential = credential(ctx, cred)?;
+    let Some(svc) = raw.service else {
+        return ctx.err("service", None, "missing table [service] with `name` and `allow`");
+    };
+
+    // The catalogue: inline [permissions] and the file may both contribute, never the same name.
+    let mut catalogue = Vec::new();
+    let mut names: Vec<Arc<str>> = Vec::new();
+    let inline = raw.permissions.map(|p| (ctx.path.to_owned(), ctx.text.to_owned(), p));
+    let permissions_path = file_catalogue.as_ref().map(|(p, _, _)| p.clone());
+    for (file, text, perms) in inline.into_iter().chain(file_catalogue) {
+        for (name, routes) in perms {
+            let key = format!("permissions.{name}");
+            if names.iter().any(|n| **n == *name) {
+                return Err(error_in(&file, &text, &key, Some(routes.span()), "permission defined twice (inline and in permissions_file)"));
+            }
+            if routes.get_ref().is_empty() {
+                return Err(error_in(&file, &text, &key, Some(routes.span()), "a permission needs at least one route"));
+            }
+            let permission: Arc<str> = name.as_str().into();
+            for route in routes.into_inner() {
+                let pattern = Pattern::parse(route.get_ref()).map_err(|e| {
+                    error_in(&file, &text, &key, Some(route.span()), format!("route `{}`: {e}", route.get_ref()))
+                })?;
+                catalogue.push(RouteSpec {
+                    permission: permission.clone(),
+                    text: route.get_ref().as_str().into(),
+                    pattern,
+                });
+            }
+            names.push(permission);
+        }
+    }
+
+    let name = svc.name.get_ref().trim();
+    if name.is_empty() {
+        return ctx.err("service.name", Some(svc.name.span()), "must not be empty");
+    }
+    if svc.allow.get_ref().is_empty() {
+        return ctx.err("service.allow", Some(svc.allow.span()), "grant at least one permission (default is deny-all, which serves nothing)");
+    }
+    let mut allow: Vec<Arc<str>> = Vec::new();
+    for perm in svc.allow.get_ref() {
+        let Some(known) = names.iter().find(|n| ***n == **perm.get_ref()) else {
+            return ctx.err("service.allow", Some(perm.span()), format!("permission `{}` is not in the catalogue", perm.get_ref()));
+        };
+        if !allow.contains(known) {
+            allow.push(known.clone());
+        }
+    }
+
+    let runtime = Runtime {
+        workers: workers(ctx, raw.runtime.workers.as_ref())?,
+        shutdown_grace: duration(ctx, "runtime.shutdown_grace", raw.runtime.shutdown_grace.as_ref(), "25s")?,
+        shutdown_idle: duration(ctx, "runtime.shutdown_idle", raw.runtime.shutdown_idle.as_ref(), "2s")?,
+    };
+    let reload = Reload {
+        interval: duration(ctx, "reload.interval", raw.reload.interval.as_ref(), "10s")?,
+        debounce: duration(ctx, "reload.debounce", raw.reload.debounce.as_ref(), "200ms")?,
+    };
+    if reload.interval.is_zero() {
+        return ctx.err("reload.interval", raw.reload.interval.as_ref().map(Spanned::span), "must be greater than zero");
+    }
+    Ok(Config {
+        path: ctx.path.to_owned(),
+        permissions_path,
+        digest: [0; 32],
+        listener,
+        admin,
+        upstream,
+        credential,
+        service: Service { name: name.into(), allow },
+        catalogue,
+        runtime,
+        reload,
+    })
+}
+
+fn address(ctx: &Ctx<'_>, key: &str, v: Option<&Spanned<String>>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = v.map_or(default, |s| s.get_ref().as_str());
+    text.parse().or_else(|_| ctx.err(key, v.map(Spanned::span), format!("`{text}` is not an IP:port address")))
+}
+
+fn duration(ctx: &Ctx<'_>, key: &str, v: Option<&Spanned<String>>, default: &str) -> Result<Duration, ConfigError> {
+    let text = v.map_or(default, |s| s.get_ref().as_str());
+    humantime::parse_duration(text).or_else(|e| ctx.err(key, v.map(Spanned::span), format!("`{text}` is not a duration like \"5s\" or \"250ms\": {e}")))
+}
+
+fn workers(ctx: &Ctx<'_>, v: Option<&Spanned<i64>>) -> Result<usize, ConfigError> {
+    let n = v.map_or(1, |w| *w.get_ref());
+    match usize::try_from(n) {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => ctx.err("runtime.workers", v.map(Spanned::span), "must be between 1 and 256"),
+    }
+}
+
+fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, ConfigError> {
+    let key = "upstream.url";
+    let span = Some(up.url.span());
+    let url = up.url.get_ref();
+    let uri: Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return ctx.err(key, span, format!("`{url}` is not a URL: {e}")),
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        return ctx.err(key, span, "must be an absolute URL like https://api.example.com");
+    };
+    if authority.as_str().contains('@') {
+        return ctx.err(key, span, "must not carry user information");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return ctx.err(key, span, "must be an origin only (no path or query): request paths are forwarded as they are");
+    }
+    match scheme.as_str() {
+        "https" => {}
+        "http" if up.allow_plaintext_upstream => {}
+        "http" => return ctx.err(key, span, "plaintext upstreams would expose the key; use https (or, for tests only, allow_plaintext_upstream = true)"),
+        other => return ctx.err(key, span, format!("unsupported scheme `{other}`")),
+    }
+    let extra_roots = match &up.ca_file {
+        Some(f) => {
+            let path = ctx.dir.join(f.get_ref());
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(&path).and_then(Iterator::collect);
+            match certs {
+                Ok(c) if !c.is_empty() => c,
+                Ok(_) => return ctx.err("upstream.ca_file", Some(f.span()), format!("{} holds no PEM certificate", path.display())),
+                Err(e) => return ctx.err("upstream.ca_file", Some(f.span()), format!("cannot read {}: {e}", path.display())),
+            }
+        }
+        None => Vec::new(),
+    };
+    Ok(Upstream {
+        url: url.clone(),
+        scheme,
+        authority,
+        extra_roots,
+        connect_timeout: duration(ctx, "upstream.connect_timeout", up.connect_timeout.as_ref(), "5s")?,
+        response_timeout: duration(ctx, "upstream.response_timeout", up.response_timeout.as_ref(), "60s")?,
+        pool_idle_timeout: duration(ctx, "upstream.pool_idle_timeout", up.pool_idle_timeout.as_ref(), "90s")?,
+        allow_plaintext: up.allow_plaintext_upstream,
+    })
+}
+
+fn credential(ctx: &Ctx<'_>, cred: super::raw::RawCredential) -> Result<CredentialConfig, ConfigError> {
+    let source = match (&cred.file, &cred.env) {
+        (Some(f), None) => CredentialSource::File(ctx.dir.join(f.get_ref())),
+        (None, Some(e)) if !e.get_ref().is_empty() => CredentialSource::Env(e.get_ref().clone()),
+        (None, Some(e)) => return ctx.err("credential.env", Some(e.span()), "must name an environment variable"),
+        (Some(_), Some(e)) => return ctx.err("credential", Some(e.span()), "set exactly one of `file` or `env`"),
+        (None, None) => return ctx.err("credential", None, "set exactly one of `file` or `env`"),
+    };
+    let header_text = cred.header.as_ref().map_or("authorization", |h| h.get_ref().as_str());
+    let header_span = cred.header.as_ref().map(Spanned::span);
+    let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
+        return ctx.err("credential.header", header_span, format!("`{header_text}` is not a header name"));
+    };
+    if crate::inject::is_reserved(&header) {
+        return ctx.err("credential.header", header_span, format!("`{header_text}` is a hop-by-hop or routing header"));
+    }
+    let prefix = cred.prefix.as_ref().map_or("Bearer ", |p| p.get_ref().as_str()).to_owned();
+    if HeaderValue::from_str(&prefix).is_err() {
+        return ctx.err("credential.prefix", cred.prefix.as_ref().map(Spanned::span), "must be printable ASCII");
+    }
+    Ok(CredentialConfig { source, header, prefix })
+}

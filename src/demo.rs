@@ -1,0 +1,128 @@
+//! `sidekey demo`: the whole job on loopback with nothing to set up. A mock Banata API over
+//! HTTPS (CA minted now), a key file in a fresh temp directory, and sidekey in front with a
+//! sample policy, plus copy-paste `curl` lines. Runs until the shutdown future resolves.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::mock::MockUpstream;
+use crate::pki::Ca;
+use crate::{App, AppError};
+
+/// The bundled Banata permission catalogue.
+pub const BANATA_CATALOGUE: &str = include_str!("../config/banata-permissions.toml");
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo setup failed: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> DemoError {
+    DemoError::Setup(e.to_string())
+}
+
+/// `preferred` if it is free right now, else an ephemeral port.
+fn pick(preferred: u16) -> SocketAddr {
+    let addr = SocketAddr::from(([127, 0, 0, 1], preferred));
+    match TcpListener::bind(addr) {
+        Ok(_) => addr,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DemoError> {
+    std::fs::write(path, text).map_err(|e| DemoError::Setup(format!("{}: {e}", path.display())))
+}
+
+/// Writes the demo's files into `dir` and returns the config path.
+pub fn write_files(dir: &Path, upstream_url: &str, ca_pem: &str, key: &str) -> Result<PathBuf, DemoError> {
+    std::fs::create_dir_all(dir).map_err(setup)?;
+    write(&dir.join("ca.pem"), ca_pem)?;
+    write(&dir.join("api-key"), key)?;
+    write(&dir.join("banata-permissions.toml"), BANATA_CATALOGUE)?;
+    let config = format!(
+        r#"# Written by `sidekey demo`.
+[listener]
+address = "{listen}"
+
+[admin]
+address = "{admin}"
+
+[upstream]
+url = "{upstream_url}"
+ca_file = "ca.pem"
+
+[credential]
+file = "api-key"
+
+[service]
+name = "demo-app"
+allow = ["sandbox_sessions:create", "sandbox_sessions:read"]
+permissions_file = "banata-permissions.toml"
+"#,
+        listen = pick(8080),
+        admin = pick(9901),
+    );
+    let path = dir.join("sidekey.toml");
+    write(&path, &config)?;
+    Ok(path)
+}
+
+/// Runs the demo until `shutdown` resolves; `out` receives the instructions.
+pub async fn run(out: &mut (dyn Write + Send), shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let ca = Ca::new("sidekey demo CA").map_err(setup)?;
+    let mock = MockUpstream::start_banata(&ca).await.map_err(setup)?;
+    let dir = std::env::temp_dir().join(format!("sidekey-demo-{}", std::process::id()));
+    let key = format!("sk_demo_{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let config_path = write_files(&dir, &mock.url(), mock.ca_pem(), &key)?;
+    let config = Config::load(&config_path).map_err(AppError::from)?;
+    let app = App::bind(config).await?;
+    let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
+    let key_file = dir.join("api-key");
+    let _ = writeln!(
+        out,
+        r#"
+sidekey demo
+  mock Banata API   {upstream} (HTTPS, CA minted just now)
+  sidekey proxy     http://{proxy}   service "demo-app": sandbox_sessions:create, sandbox_sessions:read
+  admin             http://{admin}   /healthz /readyz /metrics /credential
+  files             {dir}
+
+Try it (copy-paste into another terminal):
+
+  # allowed: sandbox_sessions:create; the mock answers with the fingerprint of the key it received
+  curl -s -X POST http://{proxy}/v1/sandboxes
+
+  # allowed: sandbox_sessions:read; any caller Authorization is replaced by the real key
+  curl -s -H 'Authorization: Bearer not-the-key' http://{proxy}/v1/sandboxes/sb_123
+
+  # denied: sandbox_sessions:delete is not granted -> 403 permission_denied, nothing sent upstream
+  curl -s -X DELETE http://{proxy}/v1/sandboxes/sb_123
+
+  # rejected: an encoded slash is ambiguous -> 400 invalid_request
+  curl -s --path-as-is 'http://{proxy}/v1/sandboxes/sb_1%2F..%2Fadmin'
+
+  # rotate the key by rewriting the file: no restart, the fingerprint changes
+  curl -s http://{admin}/credential
+  printf 'sk_demo_rotated_%s' "$(date +%s)" > {key_file}
+  sleep 1; curl -s http://{admin}/credential; curl -s -X POST http://{proxy}/v1/sandboxes
+
+Ctrl-C stops the demo.
+"#,
+        upstream = mock.url(),
+        dir = dir.display(),
+        key_file = key_file.display(),
+    );
+    let _ = out.flush();
+    app.run(shutdown).await;
+    drop(mock);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

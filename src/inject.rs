@@ -1,0 +1,212 @@
+//! Header hygiene: strip what must not cross the proxy, then inject the credential.
+//!
+//! Order matters: everything the caller could use to smuggle or override a credential is
+//! removed first (including headers the caller lists in `Connection`, which could otherwise
+//! name our own header), and only then is exactly one credential header inserted. The
+//! hop-by-hop set is RFC 9110 section 7.6.1 plus the de-facto `Keep-Alive` and
+//! `Proxy-Connection`.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::secret::Credential;
+
+/// Framing problems that make a request unsafe to forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FramingError {
+    /// `Transfer-Encoding` other than exactly `chunked`.
+    TransferEncoding,
+    /// `Transfer-Encoding` together with `Content-Length` (RFC 9112 section 6.3).
+    LengthAndChunked,
+}
+
+impl FramingError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TransferEncoding => "unsupported_transfer_encoding",
+            Self::LengthAndChunked => "content_length_with_transfer_encoding",
+        }
+    }
+}
+
+/// Rejects framing that proxies and origins have been known to read differently.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => Ok(()),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => {
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                Err(FramingError::LengthAndChunked)
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(FramingError::TransferEncoding),
+    }
+}
+
+/// Hop-by-hop headers: never forwarded in either direction.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Request headers removed before forwarding, besides hop-by-hop ones: caller credentials,
+/// routing and client-identity claims, method overrides, and `Expect` (we answer it).
+fn is_stripped_request(name: &str, credential: &HeaderName) -> bool {
+    if is_hop_by_hop(name) || name == credential.as_str() || name.starts_with("x-forwarded-") {
+        return true;
+    }
+    if matches!(
+        name,
+        "host"
+            | "authorization"
+            | "proxy-authorization"
+            | "expect"
+            | "forwarded"
+            | "via"
+            | "x-real-ip"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) {
+        return true;
+    }
+    // `X_Api_Key` is read as `x-api-key` by some servers (CGI-style environments).
+    name.contains('_') && is_stripped_request(&name.replace('_', "-"), credential)
+}
+
+/// Headers that can never be the credential header.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    is_hop_by_hop(name.as_str())
+        || matches!(
+            name.as_str(),
+            "host" | "content-length" | "content-type" | "x-request-id"
+        )
+}
+
+/// Names listed in every `Connection` header (RFC 9110 section 7.6.1).
+fn connection_named(headers: &HeaderMap, into: &mut Vec<HeaderName>) {
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                into.push(name);
+            }
+        }
+    }
+}
+
+/// Strips the request headers and injects `credential` (exactly one value).
+pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
+    let mut doomed = Vec::new();
+    connection_named(headers, &mut doomed);
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|n| is_stripped_request(n.as_str(), credential.header()))
+            .cloned(),
+    );
+    for name in &doomed {
+        headers.remove(name);
+    }
+    // `insert` replaces every existing value: exactly one credential header leaves here.
+    headers.insert(credential.header().clone(), credential.value().clone());
+}
+
+/// Strips hop-by-hop headers (and those named by `Connection`) from an upstream response.
+pub fn strip_response(headers: &mut HeaderMap) {
+    let mut doomed = Vec::new();
+    connection_named(headers, &mut doomed);
+    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n.as_str())).cloned());
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn cred(header: &str) -> Credential {
+        Credential::new(
+            HeaderName::from_bytes(header.as_bytes()).unwrap(),
+            "Bearer ",
+            b"k-123",
+            crate::secret::Source::Env,
+        )
+        .unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn strips_then_injects_exactly_one_key() {
+        let mut h = headers(&[
+            ("host", "evil.example"),
+            ("authorization", "Bearer caller"),
+            ("authorization", "Basic x"),
+            ("proxy-authorization", "x"),
+            ("connection", "authorization, x-keep-me-not, host"),
+            ("x-keep-me-not", "1"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_host", "evil"),
+            ("forwarded", "for=1"),
+            ("x-http-method-override", "DELETE"),
+            ("expect", "100-continue"),
+            ("te", "trailers"),
+            ("trailer", "authorization"),
+            ("upgrade", "h2c"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+        ]);
+        apply(&mut h, &cred("authorization"));
+        let auth: Vec<_> = h.get_all("authorization").iter().collect();
+        assert_eq!(auth, vec!["Bearer k-123"]);
+        assert!(auth.iter().all(|v| v.is_sensitive()));
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["accept", "authorization", "content-type"]);
+    }
+
+    #[test]
+    fn custom_credential_header_and_its_underscore_spelling() {
+        let mut h = headers(&[("x-api-key", "caller"), ("x_api_key", "caller2"), ("authorization", "Bearer c")]);
+        apply(&mut h, &cred("x-api-key"));
+        assert_eq!(h.get_all("x-api-key").iter().count(), 1);
+        assert_eq!(h.get("x-api-key").unwrap(), "Bearer k-123");
+        assert!(h.get("x_api_key").is_none());
+        assert!(h.get("authorization").is_none());
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(check_framing(&headers(&[])), Ok(()));
+        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked")])), Ok(()));
+        assert_eq!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])), Err(FramingError::TransferEncoding));
+        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")])), Err(FramingError::TransferEncoding));
+        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked"), ("content-length", "3")])), Err(FramingError::LengthAndChunked));
+    }
+
+    #[test]
+    fn response_hop_by_hop_removed() {
+        let mut h = headers(&[("connection", "x-a"), ("x-a", "1"), ("keep-alive", "5"), ("content-type", "text/plain"), ("transfer-encoding", "chunked")]);
+        strip_response(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+}

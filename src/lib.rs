@@ -1,0 +1,158 @@
+//! sidekey: an egress credential sidecar.
+//!
+//! Applications send plain HTTP to sidekey on loopback. sidekey checks each request against
+//! the service's allow-list (default deny), strips caller credentials, injects the API key
+//! from a hot-reloaded secret file, and forwards over verified TLS with bodies streamed both
+//! ways. The key never appears in logs, metrics, errors or `Debug` output; only its
+//! fingerprint does.
+//!
+//! [`App::bind`] binds the listeners (port 0 allowed) and reports the real addresses;
+//! [`App::run`] serves until the shutdown future resolves. `main` and the integration tests
+//! use exactly this path.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod inject;
+pub mod mock;
+pub mod pki;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod secret;
+pub mod serve;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError};
+use crate::secret::Credential;
+use crate::serve::ServeOptions;
+use crate::state::Shared;
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving, sidekey.
+pub struct App {
+    shared: Arc<Shared>,
+    proxy: TcpListener,
+    admin: TcpListener,
+}
+
+impl App {
+    /// Loads the key (a missing key is not fatal: we start not-ready), builds the first
+    /// snapshot and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Self, AppError> {
+        telemetry::metrics();
+        if config.upstream.allow_plaintext {
+            tracing::warn!(url = %config.upstream.url, "allow_plaintext_upstream is on: the key may cross the network unencrypted (tests only)");
+        }
+        let (credential, error) = match Credential::load(&config.credential) {
+            Ok(c) => {
+                tracing::info!(fingerprint = c.fingerprint(), source = c.source().as_str(), "API key loaded");
+                (Some(Arc::new(c)), None)
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "no valid API key at start; answering 503 until one appears");
+                metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => e.result_label()).increment(1);
+                (None, Some(e.to_string()))
+            }
+        };
+        let config = Arc::new(config);
+        let proxy_addr = config.listener.address;
+        let admin_addr = config.admin.address;
+        let snapshot = reload::compose(config, credential.clone(), 1)?;
+        let shared = Arc::new(Shared::new(snapshot));
+        shared.set_credential_error(error);
+        if credential.is_some() {
+            shared.set_credential_reloaded_now();
+        }
+        let proxy = bind("listener", proxy_addr).await?;
+        let admin = bind("admin", admin_addr).await?;
+        Ok(Self { shared, proxy, admin })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: not ready at once, keep serving until
+    /// no request has arrived for `shutdown_idle` (a classic sidecar's app may still be
+    /// finishing work), stop accepting, let in-flight requests finish, all within
+    /// `shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self { shared, proxy, admin } = self;
+        let runtime = shared.load().config.runtime.clone();
+        let opts = ServeOptions {
+            header_read_timeout: shared.load().config.listener.header_read_timeout,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = watch::channel(runtime.shutdown_grace);
+        let proxy_shared = shared.clone();
+        let proxy_task = tokio::spawn(serve::serve(
+            proxy,
+            move |req| proxy::handle(proxy_shared.clone(), req),
+            opts,
+            stop_rx.clone(),
+            drain_rx.clone(),
+        ));
+        let admin_shared = shared.clone();
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(serve::serve(
+            admin,
+            move |req| admin::handle(admin_shared.clone(), req),
+            opts,
+            admin_stop_rx,
+            drain_rx,
+        ));
+        let reload_task = tokio::spawn(reload::run(shared.clone(), stop_rx));
+        tracing::info!(service = &*shared.load().config.service.name, "serving");
+
+        shutdown.await;
+        let started = Instant::now();
+        shared.start_draining();
+        tracing::info!(idle = ?runtime.shutdown_idle, grace = ?runtime.shutdown_grace, "shutting down: not ready, draining");
+        while shared.idle_for() < runtime.shutdown_idle && started.elapsed() < runtime.shutdown_grace {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = drain_tx.send(runtime.shutdown_grace.saturating_sub(started.elapsed()));
+        let _ = stop_tx.send(true);
+        let _ = proxy_task.await;
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+        let _ = reload_task.await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr, source })
+}

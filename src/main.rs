@@ -1,0 +1,137 @@
+//! The `sidekey` binary: parse arguments, set up logging, run one command. Everything else
+//! lives in the library so the tests exercise exactly what runs in production.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sidekey::cli::EXIT_BAD_CONFIG;
+use sidekey::config::Config;
+use sidekey::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "sidekey", version, about = "Egress credential sidecar: allow-list, key injection, verified TLS")]
+#[command(after_help = "Example:\n  sidekey demo\n  sidekey run --config /etc/sidekey/sidekey.toml")]
+struct Cli {
+    /// Log format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or SIGINT.
+    #[command(after_help = "Example:\n  sidekey run --config /etc/sidekey/sidekey.toml --workers 1")]
+    Run {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        /// Worker threads (overrides runtime.workers).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate the config and print the effective allow-list.
+    #[command(after_help = "Example:\n  sidekey check --config config/sidekey.example.toml")]
+    Check {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the decision `run` would make for one request.
+    #[command(after_help = "Example:\n  sidekey explain --config config/dev.toml DELETE /v1/sandboxes/sb_123")]
+    Explain {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        method: String,
+        target: String,
+    },
+    /// Run a mock Banata API and sidekey in front of it, on loopback, with curl examples.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { config } => sidekey::cli::check(&config, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Explain { config, method, target } => {
+            sidekey::cli::explain(&config, &method, &target, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Run { config, workers } => run(&config, workers, cli.log_format),
+        Command::Demo => demo(),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+}
+
+fn run(path: &std::path::Path, workers: Option<usize>, format: LogFormat) -> i32 {
+    telemetry::init_logging(format);
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let workers = workers.unwrap_or(config.runtime.workers).max(1);
+    let result = runtime(workers).map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let app = sidekey::App::bind(config).await?;
+            tracing::info!(listener = %app.proxy_addr(), admin = %app.admin_addr(), workers, "sidekey bound");
+            app.run(shutdown_signal()).await;
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "sidekey failed");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn demo() -> i32 {
+    telemetry::init_logging(LogFormat::Text);
+    let result = runtime(2).map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let mut out = std::io::stdout();
+            sidekey::demo::run(&mut out, shutdown_signal()).await?;
+            Ok::<_, anyhow::Error>(())
+        })
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,118 @@
+//! The allow-list: pure functions, no I/O.
+//!
+//! `Policy::evaluate` makes the whole decision the proxy acts on, in the order of the
+//! security contract: method screen, request-target form, path canonicalisation, then the
+//! route lookup and the grant check. `sidekey explain` calls the same function, so what it
+//! prints is what `run` does. Grants are resolved when the policy is compiled: a lookup is a
+//! trie walk plus one boolean.
+
+pub mod canon;
+pub mod route;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{Method, Uri};
+
+pub use canon::PathError;
+pub use route::{Pattern, PatternError};
+use route::{RouteId, Trie};
+
+/// One catalogue route, as compiled for one service.
+#[derive(Debug)]
+pub struct Route {
+    /// The permission the catalogue files this route under.
+    pub permission: Arc<str>,
+    /// The pattern as written (`GET /v1/sandboxes/{id}`).
+    pub pattern: Arc<str>,
+    /// Whether the service's `allow` list grants `permission`.
+    pub granted: bool,
+}
+
+/// A catalogue entry handed to [`Policy::new`].
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub permission: Arc<str>,
+    pub text: Arc<str>,
+    pub pattern: Pattern,
+}
+
+/// The compiled allow-list of one service.
+#[derive(Debug)]
+pub struct Policy {
+    routes: Vec<Route>,
+    trie: Trie,
+}
+
+/// The outcome of screening and matching one request.
+#[derive(Debug)]
+pub enum Verdict<'a> {
+    /// Forward `path` (canonical) plus the raw query; `route` is what allowed it.
+    Allow { route: &'a Route, path: Cow<'a, str> },
+    /// A catalogue route matched, but its permission is not granted.
+    PermissionDenied { route: &'a Route, path: Cow<'a, str> },
+    /// No catalogue route matches method + path.
+    NoRoute { path: Cow<'a, str> },
+    /// The method is never proxied (CONNECT, TRACE).
+    MethodNotAllowed,
+    /// The request target is ambiguous or malformed.
+    Rejected(PathError),
+}
+
+impl Policy {
+    /// Compiles routes; `granted` says which permissions the service holds.
+    pub fn new(specs: Vec<RouteSpec>, granted: impl Fn(&str) -> bool) -> Self {
+        let mut trie = Trie::default();
+        let mut routes = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            // Route counts come from a config file; u32 is far beyond any real catalogue.
+            let id = RouteId::try_from(i).unwrap_or(RouteId::MAX);
+            trie.insert(&spec.pattern, id);
+            routes.push(Route {
+                granted: granted(&spec.permission),
+                permission: spec.permission,
+                pattern: spec.text,
+            });
+        }
+        Self { routes, trie }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Route lookup on an already canonical path.
+    pub fn lookup(&self, method: &Method, canonical_path: &str) -> Option<&Route> {
+        let id = self.trie.lookup(method, canonical_path)?;
+        self.routes.get(usize::try_from(id).ok()?)
+    }
+
+    /// The full decision for one request, exactly as the proxy makes it.
+    pub fn evaluate<'a>(&'a self, method: &Method, uri: &'a Uri) -> Verdict<'a> {
+        // CONNECT would open a tunnel and TRACE would echo headers back: never proxied.
+        if method == Method::CONNECT || method == Method::TRACE {
+            return Verdict::MethodNotAllowed;
+        }
+        // Only origin-form: an absolute-form target would let the caller pick a host.
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return Verdict::Rejected(PathError::NotOriginForm);
+        }
+        let path = match canon::canonicalize(uri.path()) {
+            Ok(p) => p,
+            Err(e) => return Verdict::Rejected(e),
+        };
+        if let Some(q) = uri.query() {
+            if let Err(e) = canon::check_query(q) {
+                return Verdict::Rejected(e);
+            }
+        }
+        match self.lookup(method, &path) {
+            Some(route) if route.granted => Verdict::Allow { route, path },
+            Some(route) => Verdict::PermissionDenied { route, path },
+            None => Verdict::NoRoute { path },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! Errors the proxy answers itself. One exhaustive match maps each to its status and stable
+//! `code`; bodies are JSON and never contain the key, request headers or upstream error text.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+
+use super::ProxyBody;
+use crate::policy::{PathError, Verdict};
+use crate::upstream::FailureKind;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    /// 400 with a stable reason (path rule or framing rule).
+    InvalidRequest(&'static str),
+    RouteNotAllowed,
+    PermissionDenied(Arc<str>),
+    MethodNotAllowed,
+    UriTooLong,
+    CredentialUnavailable,
+    Upstream(FailureKind),
+    /// The upstream tried to switch protocols: never tunnelled.
+    UpstreamUpgrade,
+}
+
+impl ProxyError {
+    /// The error a policy verdict turns into (`None`: allowed). `run` and `explain` share it.
+    pub fn from_verdict(verdict: &Verdict<'_>) -> Option<Self> {
+        match verdict {
+            Verdict::Allow { .. } => None,
+            Verdict::PermissionDenied { route, .. } => Some(Self::PermissionDenied(route.permission.clone())),
+            Verdict::NoRoute { .. } => Some(Self::RouteNotAllowed),
+            Verdict::MethodNotAllowed => Some(Self::MethodNotAllowed),
+            Verdict::Rejected(PathError::TooLong) => Some(Self::UriTooLong),
+            Verdict::Rejected(e) => Some(Self::InvalidRequest(e.reason())),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RouteNotAllowed | Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(kind) if kind.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) | Self::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The stable error code (a contract with clients, dashboards and docs).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::RouteNotAllowed => "route_not_allowed",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong => "uri_too_long",
+            Self::CredentialUnavailable => "credential_unavailable",
+            Self::Upstream(kind) if kind.is_timeout() => "upstream_timeout",
+            Self::Upstream(_) | Self::UpstreamUpgrade => "upstream_unavailable",
+        }
+    }
+
+    /// `decision` label: refused by policy, refused as malformed, or failed after allowing.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Self::RouteNotAllowed | Self::PermissionDenied(_) => "deny",
+            Self::InvalidRequest(_) | Self::MethodNotAllowed | Self::UriTooLong => "reject",
+            Self::CredentialUnavailable | Self::Upstream(_) | Self::UpstreamUpgrade => "error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::InvalidRequest(reason) => format!("the request is ambiguous or malformed ({reason}); nothing was sent upstream"),
+            Self::RouteNotAllowed => "no route of the permission catalogue matches this method and path; nothing was sent upstream".into(),
+            Self::PermissionDenied(p) => format!("this service is not granted the permission `{p}` that this route needs; nothing was sent upstream"),
+            Self::MethodNotAllowed => "CONNECT and TRACE are never proxied".into(),
+            Self::UriTooLong => "the request path or query is too long".into(),
+            Self::CredentialUnavailable => "no valid API key is loaded; nothing was sent upstream".into(),
+            Self::Upstream(kind) if kind.is_timeout() => format!("the upstream did not answer in time ({})", kind.as_str()),
+            Self::Upstream(kind) => format!("the upstream could not be reached ({})", kind.as_str()),
+            Self::UpstreamUpgrade => "the upstream tried to switch protocols; upgrades are not proxied".into(),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let mut error = serde_json::json!({
+            "code": self.code(),
+            "message": self.message(),
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        match self {
+            Self::PermissionDenied(p) => error["permission"] = serde_json::Value::from(&**p),
+            Self::InvalidRequest(reason) => error["reason"] = serde_json::Value::from(*reason),
+            _ => {}
+        }
+        let body = serde_json::json!({ "error": error }).to_string();
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert("x-sidekey-error", HeaderValue::from_static(self.code()));
+        h.insert("x-request-id", request_id.clone());
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

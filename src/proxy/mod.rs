@@ -1,0 +1,162 @@
+//! The proxy service: one snapshot per request -> screen and decide -> strip and inject ->
+//! forward with a streamed body -> strip the response -> one access-log line and metrics.
+//!
+//! `handle` is infallible: every failure inside `forward` is a typed [`ProxyError`] turned
+//! into a JSON response, so nothing on this path panics or leaks upstream error text.
+
+mod error;
+mod request_id;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+pub use error::ProxyError;
+
+use crate::inject;
+use crate::policy::Verdict;
+use crate::state::{Shared, Snapshot};
+use crate::telemetry;
+
+/// Response body: the upstream's, streamed, or one of ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What the access log and metrics need to know about one request.
+struct Outcome {
+    permission: Option<Arc<str>>,
+    path: Option<PathAndQuery>,
+    upstream_status: Option<StatusCode>,
+}
+
+/// Serves one request. Never fails: errors become JSON responses.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    shared.touch();
+    let snap = shared.load();
+    let request_id = request_id::from_headers(req.headers());
+    let method = req.method().clone();
+    let mut outcome = Outcome {
+        permission: None,
+        path: None,
+        upstream_status: None,
+    };
+    let (mut resp, decision, error) = match forward(&snap, req, &request_id, &mut outcome).await {
+        Ok(resp) => (resp, "allow", None),
+        Err(e) => (e.to_response(&request_id), e.decision(), Some(e)),
+    };
+    if !resp.headers().contains_key("x-request-id") {
+        resp.headers_mut().insert("x-request-id", request_id.clone());
+    }
+    record(&snap, &method, &request_id, &outcome, decision, error.as_ref(), resp.status(), start);
+    Ok(resp)
+}
+
+async fn forward(snap: &Snapshot, req: Request<Incoming>, request_id: &HeaderValue, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    // 1 + 2: method, target form, path screen; 3: the allow-list. Nothing has been read from
+    // the body yet, so a refusal here never forwards (or even reads) a body byte, and
+    // `Expect: 100-continue` is never answered with 100.
+    let verdict = snap.policy.evaluate(&parts.method, &parts.uri);
+    let route = match &verdict {
+        Verdict::Allow { route, .. } | Verdict::PermissionDenied { route, .. } => Some(*route),
+        _ => None,
+    };
+    out.permission = route.map(|r| r.permission.clone());
+    if let Some(refusal) = ProxyError::from_verdict(&verdict) {
+        // Log the canonical path of a denied request (a rejected one has none).
+        if let Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path } = verdict {
+            out.path = PathAndQuery::try_from(path.into_owned()).ok();
+        }
+        return Err(refusal);
+    }
+    let Verdict::Allow { path, .. } = verdict else {
+        return Err(ProxyError::RouteNotAllowed);
+    };
+    inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
+    // Fail closed: no key, nothing sent.
+    let credential = snap.credential.as_ref().ok_or(ProxyError::CredentialUnavailable)?;
+
+    // Forward exactly the canonical path that was matched, plus the raw query. Reuse the
+    // inbound bytes when they already are canonical (no copy).
+    let pq = match (&path, parts.uri.path_and_query()) {
+        (std::borrow::Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        _ => {
+            let joined = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            PathAndQuery::try_from(joined).map_err(|_| ProxyError::InvalidRequest("invalid_target"))?
+        }
+    };
+    out.path = Some(pq.clone());
+    let upstream_cfg = &snap.config.upstream;
+    parts.uri = Uri::builder()
+        .scheme(upstream_cfg.scheme.clone())
+        .authority(upstream_cfg.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?;
+    // 4: strip, then inject exactly one credential header.
+    inject::apply(&mut parts.headers, credential);
+    parts.headers.insert("x-request-id", request_id.clone());
+    // The upstream connection's version is the client's business (ALPN).
+    parts.version = http::Version::HTTP_11;
+
+    let mut resp = snap
+        .upstream
+        .send(Request::from_parts(parts, body))
+        .await
+        .map_err(ProxyError::Upstream)?;
+    out.upstream_status = Some(resp.status());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamUpgrade);
+    }
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "fingerprint" => credential.fingerprint().to_owned()).increment(1);
+    }
+    inject::strip_response(resp.headers_mut());
+    Ok(resp.map(Either::Left))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    snap: &Snapshot,
+    method: &Method,
+    request_id: &HeaderValue,
+    out: &Outcome,
+    decision: &'static str,
+    error: Option<&ProxyError>,
+    status: StatusCode,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    let permission = out.permission.as_deref().unwrap_or("none").to_owned();
+    metrics::counter!(telemetry::REQUESTS_TOTAL, "permission" => permission, "decision" => decision, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!(telemetry::REQUEST_DURATION).record(elapsed.as_secs_f64());
+    if let Some(e) = error {
+        metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
+        if let ProxyError::Upstream(kind) = e {
+            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str()).increment(1);
+        }
+    }
+    tracing::info!(
+        target: "sidekey::access",
+        request_id = request_id.to_str().unwrap_or_default(),
+        service = &*snap.config.service.name,
+        method = method.as_str(),
+        path = out.path.as_ref().map(PathAndQuery::path),
+        permission = out.permission.as_deref(),
+        decision,
+        status = status.as_u16(),
+        upstream_status = out.upstream_status.map(|s| s.as_u16()),
+        error = error.map(ProxyError::code),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        fingerprint = snap.credential.as_ref().map(|c| c.fingerprint()),
+    );
+}

@@ -1,0 +1,117 @@
+//! Shared state: one atomically swapped [`Snapshot`] (config + policy + upstream client +
+//! key) and the few process-wide flags the admin endpoints report.
+//!
+//! A request loads the snapshot once and uses only that copy, so a reload can never pair a
+//! new policy with an old key or the reverse; requests in flight finish with the snapshot
+//! they started with. Writers (the reload task) build a complete new snapshot off the
+//! request path and publish it with one store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::secret::Credential;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, consistent with itself.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped on every published change (config or key).
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub policy: Arc<Policy>,
+    pub upstream: Arc<Upstream>,
+    /// `None` while no valid key has ever been loaded: fail closed.
+    pub credential: Option<Arc<Credential>>,
+}
+
+/// Process-wide state shared by listeners, admin and the reload task.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    draining: AtomicBool,
+    started: Instant,
+    /// Milliseconds since `started` at which the last proxied request arrived.
+    last_request_ms: AtomicU64,
+    /// The last credential reload failure, for `/credential` (admin path only).
+    credential_error: ArcSwapOption<String>,
+    /// Unix time of the last accepted key load.
+    credential_reloaded_at: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+            credential_error: ArcSwapOption::empty(),
+            credential_reloaded_at: AtomicU64::new(0),
+        }
+    }
+
+    /// The current snapshot. Call once per request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes a new snapshot (reload task only).
+    pub fn store(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Ready: a key is loaded and we are not draining.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err("draining");
+        }
+        if self.snapshot.load().credential.is_none() {
+            return Err("credential_unavailable");
+        }
+        Ok(())
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Notes that a request arrived (for the idle-drain on shutdown).
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the last request arrived.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    pub fn set_credential_error(&self, error: Option<String>) {
+        self.credential_error.store(error.map(Arc::new));
+    }
+
+    pub fn credential_error(&self) -> Option<Arc<String>> {
+        self.credential_error.load_full()
+    }
+
+    pub fn set_credential_reloaded_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.credential_reloaded_at.store(now, Ordering::Relaxed);
+    }
+
+    pub fn credential_reloaded_at(&self) -> u64 {
+        self.credential_reloaded_at.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,79 @@
+//! Logging and metrics set-up, and the metric names (a contract: dashboards and alerts use
+//! them). Labels are bounded: permission, decision, status code, error code, failure kind,
+//! reload result, key fingerprint. Never raw paths, hosts or header values.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Proxied requests: `permission`, `decision` (allow, deny, reject, error), `status`.
+pub const REQUESTS_TOTAL: &str = "sidekey_requests_total";
+/// Time from request arrival to response headers, seconds.
+pub const REQUEST_DURATION: &str = "sidekey_request_duration_seconds";
+/// Errors the proxy answered itself: `code`.
+pub const ERRORS_TOTAL: &str = "sidekey_errors_total";
+/// Upstream failures: `kind` (connect, connect_timeout, tls, response_timeout, protocol).
+pub const UPSTREAM_ERRORS_TOTAL: &str = "sidekey_upstream_errors_total";
+/// Upstream answered 401 (the key may be revoked): `fingerprint`.
+pub const UPSTREAM_UNAUTHORIZED_TOTAL: &str = "sidekey_upstream_unauthorized_total";
+/// Key reload attempts that found a change or failed: `result` (ok, invalid, error).
+pub const CREDENTIAL_RELOADS_TOTAL: &str = "sidekey_credential_reloads_total";
+/// Config reload attempts that found a change or failed: `result` (ok, invalid, refused).
+pub const CONFIG_RELOADS_TOTAL: &str = "sidekey_config_reloads_total";
+/// Gauge 1 with the current key's `fingerprint` (rendered from the live snapshot).
+pub const CREDENTIAL_INFO: &str = "sidekey_credential_info";
+/// Unix time of the last accepted key load.
+pub const CREDENTIAL_LAST_RELOAD: &str = "sidekey_credential_last_reload_timestamp_seconds";
+/// 1 when ready, else 0.
+pub const READY: &str = "sidekey_ready";
+/// Generation of the published snapshot.
+pub const SNAPSHOT_GENERATION: &str = "sidekey_snapshot_generation";
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// Installs the global tracing subscriber (stdout; `RUST_LOG`, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // A second init (tests, demo) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_target(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &buckets)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; then ours renders nothing, which the
+        // admin tests would show.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!(REQUESTS_TOTAL, "Requests handled, by permission, decision and status");
+    describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time to response headers");
+    describe_counter!(ERRORS_TOTAL, "Errors answered by sidekey itself, by code");
+    describe_counter!(UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind");
+    describe_counter!(UPSTREAM_UNAUTHORIZED_TOTAL, "Upstream 401 answers, by key fingerprint");
+    describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
+}

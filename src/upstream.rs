@@ -1,0 +1,179 @@
+//! The upstream side: verified TLS, a pooled keep-alive client, timeouts, and a small
+//! classification of failures into stable error kinds.
+//!
+//! The client is built from the snapshot's config, so a config reload that changes the
+//! upstream builds a new pool; requests in flight keep the old one. Redirects are never
+//! followed (hyper's client does not), so the key only ever goes to `upstream.url`'s origin.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+use crate::config;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The pooled client for one upstream config.
+pub struct Upstream {
+    client: Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Incoming>,
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
+}
+
+/// How an upstream exchange failed (metric label `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// TCP connect failed (refused, unreachable).
+    Connect,
+    /// TCP + TLS handshake did not finish within `connect_timeout`.
+    ConnectTimeout,
+    /// The TLS handshake failed (untrusted or expired certificate, wrong name).
+    Tls,
+    /// No response headers within `response_timeout`.
+    ResponseTimeout,
+    /// The connection broke or the peer spoke bad HTTP.
+    Protocol,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Tls => "tls",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    pub fn is_timeout(self) -> bool {
+        matches!(self, Self::ConnectTimeout | Self::ResponseTimeout)
+    }
+}
+
+impl Upstream {
+    pub fn new(cfg: &config::Upstream) -> Result<Self, rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in &cfg.extra_roots {
+            roots.add(cert.clone())?;
+        }
+        // One provider, chosen here explicitly rather than through process-global state.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        // The scheme is checked by the https connector; Nagle off for request/response latency.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+        let https = if cfg.allow_plaintext {
+            builder.https_or_http().enable_http1().enable_http2().wrap_connector(http)
+        } else {
+            builder.https_only().enable_http1().enable_http2().wrap_connector(http)
+        };
+        let connector = TimeoutConnector {
+            inner: https,
+            timeout: cfg.connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .build(connector);
+        Ok(Self {
+            client,
+            response_timeout: cfg.response_timeout,
+        })
+    }
+
+    /// Sends one request; resolves when response headers arrive (the body streams after).
+    pub async fn send(&self, req: http::Request<Incoming>) -> Result<http::Response<Incoming>, FailureKind> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(FailureKind::ResponseTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+/// Walks the error's source chain for the first thing we recognise.
+fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<ConnectTimeout>() {
+            return FailureKind::ConnectTimeout;
+        }
+        if e.is::<rustls::Error>() {
+            return FailureKind::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return FailureKind::Tls;
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        FailureKind::Connect
+    } else {
+        FailureKind::Protocol
+    }
+}
+
+/// Marker error: the connect (TCP + TLS) deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out")]
+struct ConnectTimeout;
+
+/// Bounds the whole connect, TLS handshake included (`HttpConnector`'s own timeout only
+/// covers TCP).
+#[derive(Clone)]
+struct TimeoutConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for TimeoutConnector<C>
+where
+    C: tower_service::Service<Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimeout) as BoxError),
+            }
+        })
+    }
+}
