@@ -14,16 +14,25 @@ use hyper::body::Incoming;
 use crate::state::Shared;
 use crate::telemetry;
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": {"code": "method_not_allowed"}})));
+        return Ok(json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": {"code": "method_not_allowed"}}),
+        ));
     }
     let resp = match req.uri().path() {
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => readyz(&shared),
         "/metrics" => metrics(&shared),
         "/credential" => credential(&shared),
-        _ => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": {"code": "not_found"}})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": {"code": "not_found"}}),
+        ),
     };
     Ok(resp)
 }
@@ -64,7 +73,11 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
             "last_error": shared.credential_error().as_deref(),
         }),
     };
-    let status = if snap.credential.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if snap.credential.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json(status, &body)
 }
 
@@ -74,22 +87,51 @@ fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let snap = shared.load();
     let mut text = telemetry::metrics().render();
     let ready = u8::from(shared.readiness().is_ok());
-    let _ = writeln!(text, "# TYPE {} gauge\n{} {ready}", telemetry::READY, telemetry::READY);
-    let _ = writeln!(text, "# TYPE {} gauge\n{} {}", telemetry::SNAPSHOT_GENERATION, telemetry::SNAPSHOT_GENERATION, snap.generation);
+    let _ = writeln!(
+        text,
+        "# TYPE {} gauge\n{} {ready}",
+        telemetry::READY,
+        telemetry::READY
+    );
+    let _ = writeln!(
+        text,
+        "# TYPE {} gauge\n{} {}",
+        telemetry::SNAPSHOT_GENERATION,
+        telemetry::SNAPSHOT_GENERATION,
+        snap.generation
+    );
     if let Some(c) = &snap.credential {
-        let _ = writeln!(text, "# TYPE {} gauge\n{}{{fingerprint=\"{}\"}} 1", telemetry::CREDENTIAL_INFO, telemetry::CREDENTIAL_INFO, c.fingerprint());
+        let _ = writeln!(
+            text,
+            "# TYPE {} gauge\n{}{{fingerprint=\"{}\"}} 1",
+            telemetry::CREDENTIAL_INFO,
+            telemetry::CREDENTIAL_INFO,
+            c.fingerprint()
+        );
     }
     let at = shared.credential_reloaded_at();
-    let _ = writeln!(text, "# TYPE {} gauge\n{} {at}", telemetry::CREDENTIAL_LAST_RELOAD, telemetry::CREDENTIAL_LAST_RELOAD);
+    let _ = writeln!(
+        text,
+        "# TYPE {} gauge\n{} {at}",
+        telemetry::CREDENTIAL_LAST_RELOAD,
+        telemetry::CREDENTIAL_LAST_RELOAD
+    );
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     resp
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -26,7 +26,10 @@ pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let _ = print_table(&config, out);
     // The key is a runtime input (it may be mounted later), so its absence is a note here.
     if let Err(e) = Credential::load(&config.credential) {
-        let _ = writeln!(out, "note: no valid API key right now ({e}); `run` would start not ready");
+        let _ = writeln!(
+            out,
+            "note: no valid API key right now ({e}); `run` would start not ready"
+        );
     }
     0
 }
@@ -37,8 +40,16 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         CredentialSource::File(p) => format!("file {}", p.display()),
         CredentialSource::Env(v) => format!("env ${v}"),
     };
-    writeln!(out, "listener {}  admin {}", config.listener.address, config.admin.address)?;
-    writeln!(out, "upstream {}  credential {credential} -> header `{}`", config.upstream.url, config.credential.header)?;
+    writeln!(
+        out,
+        "listener {}  admin {}",
+        config.listener.address, config.admin.address
+    )?;
+    writeln!(
+        out,
+        "upstream {}  credential {credential} -> header `{}`",
+        config.upstream.url, config.credential.header
+    )?;
     writeln!(out, "service {}", config.service.name)?;
     for perm in &config.service.allow {
         writeln!(out, "  {perm}")?;
@@ -54,13 +65,23 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         .collect();
     denied.dedup();
     if !denied.is_empty() {
-        writeln!(out, "not granted (403 permission_denied): {}", denied.join(", "))?;
+        writeln!(
+            out,
+            "not granted (403 permission_denied): {}",
+            denied.join(", ")
+        )?;
     }
     writeln!(out, "everything else: 403 route_not_allowed")
 }
 
 /// Prints the decision `run` would make. 0 allowed, 1 denied or rejected, 64 bad config.
-pub fn explain(path: &Path, method: &str, target: &str, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub fn explain(
+    path: &Path,
+    method: &str,
+    target: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -69,15 +90,23 @@ pub fn explain(path: &Path, method: &str, target: &str, out: &mut dyn Write, err
         }
     };
     let allow = &config.service.allow;
-    let policy = crate::policy::Policy::new(config.catalogue.clone(), |p| allow.iter().any(|a| **a == *p));
+    let policy = crate::policy::Policy::new(config.catalogue.clone(), |p| {
+        allow.iter().any(|a| **a == *p)
+    });
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        let _ = writeln!(out, "rejected: 400 invalid_request: `{method}` is not an HTTP method token");
+        let _ = writeln!(
+            out,
+            "rejected: 400 invalid_request: `{method}` is not an HTTP method token"
+        );
         return 1;
     };
     let uri: Uri = match target.parse() {
         Ok(u) => u,
         Err(e) => {
-            let _ = writeln!(out, "rejected: 400 invalid_request: the target does not parse ({e})");
+            let _ = writeln!(
+                out,
+                "rejected: 400 invalid_request: the target does not parse ({e})"
+            );
             return 1;
         }
     };
@@ -106,7 +135,13 @@ pub fn explain(path: &Path, method: &str, target: &str, out: &mut dyn Write, err
             e.status().as_u16(),
             e.code()
         ),
-        (Verdict::MethodNotAllowed, Some(e)) => writeln!(out, "rejected: {} {}: {}", e.status().as_u16(), e.code(), e.message()),
+        (Verdict::MethodNotAllowed, Some(e)) => writeln!(
+            out,
+            "rejected: {} {}: {}",
+            e.status().as_u16(),
+            e.code(),
+            e.message()
+        ),
         (Verdict::Rejected(rule), Some(e)) => writeln!(
             out,
             "rejected: {} {} ({}): {}",

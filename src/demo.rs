@@ -42,7 +42,12 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
 }
 
 /// Writes the demo's files into `dir` and returns the config path.
-pub fn write_files(dir: &Path, upstream_url: &str, ca_pem: &str, key: &str) -> Result<PathBuf, DemoError> {
+pub fn write_files(
+    dir: &Path,
+    upstream_url: &str,
+    ca_pem: &str,
+    key: &str,
+) -> Result<PathBuf, DemoError> {
     std::fs::create_dir_all(dir).map_err(setup)?;
     write(&dir.join("ca.pem"), ca_pem)?;
     write(&dir.join("api-key"), key)?;
@@ -76,11 +81,19 @@ permissions_file = "banata-permissions.toml"
 }
 
 /// Runs the demo until `shutdown` resolves; `out` receives the instructions.
-pub async fn run(out: &mut (dyn Write + Send), shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+pub async fn run(
+    out: &mut (dyn Write + Send),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
     let ca = Ca::new("sidekey demo CA").map_err(setup)?;
     let mock = MockUpstream::start_banata(&ca).await.map_err(setup)?;
     let dir = std::env::temp_dir().join(format!("sidekey-demo-{}", std::process::id()));
-    let key = format!("sk_demo_{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let key = format!(
+        "sk_demo_{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
     let config_path = write_files(&dir, &mock.url(), mock.ca_pem(), &key)?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let app = App::bind(config).await?;

@@ -125,7 +125,12 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
 pub fn strip_response(headers: &mut HeaderMap) {
     let mut doomed = Vec::new();
     connection_named(headers, &mut doomed);
-    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n.as_str())).cloned());
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|n| is_hop_by_hop(n.as_str()))
+            .cloned(),
+    );
     for name in &doomed {
         headers.remove(name);
     }
@@ -149,7 +154,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -185,7 +193,11 @@ mod tests {
 
     #[test]
     fn custom_credential_header_and_its_underscore_spelling() {
-        let mut h = headers(&[("x-api-key", "caller"), ("x_api_key", "caller2"), ("authorization", "Bearer c")]);
+        let mut h = headers(&[
+            ("x-api-key", "caller"),
+            ("x_api_key", "caller2"),
+            ("authorization", "Bearer c"),
+        ]);
         apply(&mut h, &cred("x-api-key"));
         assert_eq!(h.get_all("x-api-key").iter().count(), 1);
         assert_eq!(h.get("x-api-key").unwrap(), "Bearer k-123");
@@ -196,15 +208,39 @@ mod tests {
     #[test]
     fn framing_rules() {
         assert_eq!(check_framing(&headers(&[])), Ok(()));
-        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked")])), Ok(()));
-        assert_eq!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])), Err(FramingError::TransferEncoding));
-        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")])), Err(FramingError::TransferEncoding));
-        assert_eq!(check_framing(&headers(&[("transfer-encoding", "chunked"), ("content-length", "3")])), Err(FramingError::LengthAndChunked));
+        assert_eq!(
+            check_framing(&headers(&[("transfer-encoding", "chunked")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])),
+            Err(FramingError::TransferEncoding)
+        );
+        assert_eq!(
+            check_framing(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])),
+            Err(FramingError::TransferEncoding)
+        );
+        assert_eq!(
+            check_framing(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("content-length", "3")
+            ])),
+            Err(FramingError::LengthAndChunked)
+        );
     }
 
     #[test]
     fn response_hop_by_hop_removed() {
-        let mut h = headers(&[("connection", "x-a"), ("x-a", "1"), ("keep-alive", "5"), ("content-type", "text/plain"), ("transfer-encoding", "chunked")]);
+        let mut h = headers(&[
+            ("connection", "x-a"),
+            ("x-a", "1"),
+            ("keep-alive", "5"),
+            ("content-type", "text/plain"),
+            ("transfer-encoding", "chunked"),
+        ]);
         strip_response(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));

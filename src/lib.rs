@@ -69,7 +69,11 @@ impl App {
         }
         let (credential, error) = match Credential::load(&config.credential) {
             Ok(c) => {
-                tracing::info!(fingerprint = c.fingerprint(), source = c.source().as_str(), "API key loaded");
+                tracing::info!(
+                    fingerprint = c.fingerprint(),
+                    source = c.source().as_str(),
+                    "API key loaded"
+                );
                 (Some(Arc::new(c)), None)
             }
             Err(e) => {
@@ -89,15 +93,23 @@ impl App {
         }
         let proxy = bind("listener", proxy_addr).await?;
         let admin = bind("admin", admin_addr).await?;
-        Ok(Self { shared, proxy, admin })
+        Ok(Self {
+            shared,
+            proxy,
+            admin,
+        })
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.proxy
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.admin
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -109,7 +121,11 @@ impl App {
     /// finishing work), stop accepting, let in-flight requests finish, all within
     /// `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { shared, proxy, admin } = self;
+        let Self {
+            shared,
+            proxy,
+            admin,
+        } = self;
         let runtime = shared.load().config.runtime.clone();
         let opts = ServeOptions {
             header_read_timeout: shared.load().config.listener.header_read_timeout,
@@ -140,7 +156,9 @@ impl App {
         let started = Instant::now();
         shared.start_draining();
         tracing::info!(idle = ?runtime.shutdown_idle, grace = ?runtime.shutdown_grace, "shutting down: not ready, draining");
-        while shared.idle_for() < runtime.shutdown_idle && started.elapsed() < runtime.shutdown_grace {
+        while shared.idle_for() < runtime.shutdown_idle
+            && started.elapsed() < runtime.shutdown_grace
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = drain_tx.send(runtime.shutdown_grace.saturating_sub(started.elapsed()));
@@ -154,5 +172,7 @@ impl App {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
 }

@@ -10,8 +10,14 @@ use sidekey::config::Config;
 use sidekey::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "sidekey", version, about = "Egress credential sidecar: allow-list, key injection, verified TLS")]
-#[command(after_help = "Example:\n  sidekey demo\n  sidekey run --config /etc/sidekey/sidekey.toml")]
+#[command(
+    name = "sidekey",
+    version,
+    about = "Egress credential sidecar: allow-list, key injection, verified TLS"
+)]
+#[command(
+    after_help = "Example:\n  sidekey demo\n  sidekey run --config /etc/sidekey/sidekey.toml"
+)]
 struct Cli {
     /// Log format on stdout.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
@@ -23,7 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve until SIGTERM or SIGINT.
-    #[command(after_help = "Example:\n  sidekey run --config /etc/sidekey/sidekey.toml --workers 1")]
+    #[command(
+        after_help = "Example:\n  sidekey run --config /etc/sidekey/sidekey.toml --workers 1"
+    )]
     Run {
         #[arg(long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
@@ -38,7 +46,9 @@ enum Command {
         config: PathBuf,
     },
     /// Print the decision `run` would make for one request.
-    #[command(after_help = "Example:\n  sidekey explain --config config/dev.toml DELETE /v1/sandboxes/sb_123")]
+    #[command(
+        after_help = "Example:\n  sidekey explain --config config/dev.toml DELETE /v1/sandboxes/sb_123"
+    )]
     Explain {
         #[arg(long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
@@ -53,10 +63,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { config } => sidekey::cli::check(&config, &mut std::io::stdout(), &mut std::io::stderr()),
-        Command::Explain { config, method, target } => {
-            sidekey::cli::explain(&config, &method, &target, &mut std::io::stdout(), &mut std::io::stderr())
+        Command::Check { config } => {
+            sidekey::cli::check(&config, &mut std::io::stdout(), &mut std::io::stderr())
         }
+        Command::Explain {
+            config,
+            method,
+            target,
+        } => sidekey::cli::explain(
+            &config,
+            &method,
+            &target,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
         Command::Run { config, workers } => run(&config, workers, cli.log_format),
         Command::Demo => demo(),
     };
@@ -64,7 +84,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>, format: LogFormat) -> i32 {
@@ -118,7 +141,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -26,7 +26,11 @@ use crate::pki::{Ca, Leaf};
 /// Response body type handlers return.
 pub type MockBody = BoxBody<Bytes, std::io::Error>;
 /// A request handler.
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<MockBody>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<MockBody>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the upstream saw of one request.
 #[derive(Clone, Debug)]
@@ -50,16 +54,25 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts on 127.0.0.1:0 with a certificate for `localhost` and `127.0.0.1` from `ca`.
     pub async fn start(ca: &Ca, handler: Handler) -> std::io::Result<Self> {
-        let leaf = ca.leaf(&["localhost", "127.0.0.1"]).map_err(std::io::Error::other)?;
+        let leaf = ca
+            .leaf(&["localhost", "127.0.0.1"])
+            .map_err(std::io::Error::other)?;
         Self::start_with_leaf(ca.cert_pem().to_owned(), leaf, handler).await
     }
 
     /// Starts with a given certificate (tests of untrusted or expired certificates).
-    pub async fn start_with_leaf(ca_pem: String, leaf: Leaf, handler: Handler) -> std::io::Result<Self> {
+    pub async fn start_with_leaf(
+        ca_pem: String,
+        leaf: Leaf,
+        handler: Handler,
+    ) -> std::io::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| Ok(b.with_no_client_auth().with_single_cert(leaf.chain, leaf.key)?))
+            .and_then(|b| {
+                b.with_no_client_auth()
+                    .with_single_cert(leaf.chain, leaf.key)
+            })
             .map_err(std::io::Error::other)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -78,13 +91,17 @@ impl MockUpstream {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (acceptor, handler, recs) = (acceptor.clone(), handler.clone(), recs.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
                     let svc = service_fn(move |req: Request<Incoming>| {
                         record(&recs, &req);
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });
@@ -129,7 +146,11 @@ impl MockUpstream {
 fn record(records: &Mutex<Vec<Recorded>>, req: &Request<Incoming>) {
     let rec = Recorded {
         method: req.method().clone(),
-        target: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
         headers: req.headers().clone(),
         version: req.version(),
     };
@@ -140,10 +161,15 @@ fn record(records: &Mutex<Vec<Recorded>>, req: &Request<Incoming>) {
 
 /// A JSON response body.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<MockBody> {
-    let body = Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed();
+    let body = Full::new(Bytes::from(value.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -156,10 +182,17 @@ async fn banata(req: Request<Incoming>) -> Response<MockBody> {
         .filter(|k| !k.is_empty())
         .map(|k| crate::secret::fingerprint(k.as_bytes()));
     let Some(fingerprint) = key else {
-        return json(StatusCode::UNAUTHORIZED, &serde_json::json!({"error": {"code": "unauthorized", "message": "missing API key"}}));
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": {"code": "unauthorized", "message": "missing API key"}}),
+        );
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let status = if method == Method::POST && path == "/v1/sandboxes" { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if method == Method::POST && path == "/v1/sandboxes" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     json(
         status,
         &serde_json::json!({

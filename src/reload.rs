@@ -27,7 +27,11 @@ use crate::upstream::Upstream;
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Builds a snapshot from a validated config (policy compiled, upstream client built).
-pub fn compose(config: Arc<Config>, credential: Option<Arc<Credential>>, generation: u64) -> Result<Snapshot, ConfigError> {
+pub fn compose(
+    config: Arc<Config>,
+    credential: Option<Arc<Credential>>,
+    generation: u64,
+) -> Result<Snapshot, ConfigError> {
     let upstream = Upstream::new(&config.upstream).map_err(|e| ConfigError {
         file: config.path.clone(),
         line: None,
@@ -35,7 +39,9 @@ pub fn compose(config: Arc<Config>, credential: Option<Arc<Credential>>, generat
         message: format!("cannot build the TLS client: {e}"),
     })?;
     let allow = &config.service.allow;
-    let policy = Policy::new(config.catalogue.clone(), |p| allow.iter().any(|a| **a == *p));
+    let policy = Policy::new(config.catalogue.clone(), |p| {
+        allow.iter().any(|a| **a == *p)
+    });
     Ok(Snapshot {
         generation,
         policy: Arc::new(policy),
@@ -48,12 +54,14 @@ pub fn compose(config: Arc<Config>, credential: Option<Arc<Credential>>, generat
 /// Runs until `stop` turns true.
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let (tx, mut events) = mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            // A full channel already holds a pending reload: coalesce.
-            let _ = tx.try_send(());
-        }
-    }) {
+    let mut watcher = match notify::recommended_watcher(
+        move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full channel already holds a pending reload: coalesce.
+                let _ = tx.try_send(());
+            }
+        },
+    ) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot create a filesystem watcher; falling back to polling every second");
@@ -67,9 +75,16 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         last_key_error: None,
     };
     reloader.ensure_watches(watcher.as_mut());
+    // Anything that changed between the first load and the watch being set up would
+    // otherwise wait for the periodic tick: read once now.
+    reloader.reload_once();
     loop {
         let snap = reloader.shared.load();
-        let every = if watcher.is_some() { snap.config.reload.interval } else { POLL_FALLBACK };
+        let every = if watcher.is_some() {
+            snap.config.reload.interval
+        } else {
+            POLL_FALLBACK
+        };
         let debounce = snap.config.reload.debounce;
         drop(snap);
         tokio::select! {
@@ -100,8 +115,14 @@ impl Reloader {
         let Some(watcher) = watcher else { return };
         let files = self.shared.load().config.watched_files();
         for file in files {
-            let dir = file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            let dir = file
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
             if self.watched.contains(&dir) {
                 continue;
             }
@@ -110,7 +131,9 @@ impl Reloader {
                     tracing::debug!(dir = %dir.display(), "watching");
                     self.watched.insert(dir);
                 }
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch yet; the periodic re-read covers it"),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch yet; the periodic re-read covers it")
+                }
             }
         }
     }
@@ -123,10 +146,14 @@ impl Reloader {
         match Config::load(&snap.config.path) {
             Ok(new) if new.digest == config.digest => self.last_config_error = None,
             Ok(new) => match unreloadable(&config, &new) {
-                Some(what) => self.config_failed("refused", format!("{what} cannot change without a restart; keeping the running config")),
+                Some(what) => self.config_failed(
+                    "refused",
+                    format!("{what} cannot change without a restart; keeping the running config"),
+                ),
                 None => {
                     tracing::info!(file = %new.path.display(), "config reloaded");
-                    metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+                    metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => "ok")
+                        .increment(1);
                     self.last_config_error = None;
                     config = Arc::new(new);
                     config_changed = true;
@@ -146,7 +173,8 @@ impl Reloader {
                         new_fingerprint = new.fingerprint(),
                         "API key rotated"
                     );
-                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => "ok").increment(1);
+                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => "ok")
+                        .increment(1);
                     self.shared.set_credential_reloaded_now();
                     credential = Some(Arc::new(new));
                 }
@@ -198,7 +226,8 @@ impl Reloader {
             CredentialSource::Env(v) => format!("${v}"),
         };
         tracing::warn!(reason = %message, source, "API key update refused; the last good key stays in use");
-        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => e.result_label()).increment(1);
+        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => e.result_label())
+            .increment(1);
         self.shared.set_credential_error(Some(message.clone()));
         self.last_key_error = Some(message);
     }

@@ -108,7 +108,12 @@ pub fn validate_key(raw: &[u8]) -> Result<&[u8], KeyError> {
 
 impl Credential {
     /// Builds the header value from a raw key (validated here).
-    pub fn new(header: HeaderName, prefix: &str, raw: &[u8], source: Source) -> Result<Self, KeyError> {
+    pub fn new(
+        header: HeaderName,
+        prefix: &str,
+        raw: &[u8],
+        source: Source,
+    ) -> Result<Self, KeyError> {
         let key = validate_key(raw)?;
         let mut bytes = Zeroizing::new(Vec::with_capacity(prefix.len() + key.len()));
         bytes.extend_from_slice(prefix.as_bytes());
@@ -165,7 +170,11 @@ impl Credential {
 
 /// Reads the file twice; a writer caught mid-write shows up as two different reads.
 fn read_stable(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let read = |p: &Path| std::fs::read(p).map(Zeroizing::new).map_err(|e| read_error(&e));
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .map(Zeroizing::new)
+            .map_err(|e| read_error(&e))
+    };
     let first = read(path)?;
     let second = read(path)?;
     if first != second {
@@ -190,13 +199,22 @@ mod tests {
         assert_eq!(validate_key(b"a b"), Err(KeyError::InvalidChar));
         assert_eq!(validate_key(b"a\nb"), Err(KeyError::InvalidChar));
         assert_eq!(validate_key("ké".as_bytes()), Err(KeyError::InvalidChar));
-        assert_eq!(validate_key(&[b'a'; MAX_KEY_LEN + 1]), Err(KeyError::TooLong));
+        assert_eq!(
+            validate_key(&[b'a'; MAX_KEY_LEN + 1]),
+            Err(KeyError::TooLong)
+        );
         assert!(validate_key(&[b'a'; MAX_KEY_LEN]).is_ok());
     }
 
     #[test]
     fn debug_never_shows_the_key() {
-        let c = Credential::new(http::header::AUTHORIZATION, "Bearer ", b"sk_secret_value", Source::File).unwrap();
+        let c = Credential::new(
+            http::header::AUTHORIZATION,
+            "Bearer ",
+            b"sk_secret_value",
+            Source::File,
+        )
+        .unwrap();
         let dbg = format!("{c:?} {:?}", c.value());
         assert!(!dbg.contains("sk_secret_value"), "{dbg}");
         assert!(dbg.contains(c.fingerprint()));

@@ -53,7 +53,7 @@ pub async fn serve<H, Fut, B>(
                     backoff = Duration::from_millis(5);
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
-                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req)));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler));
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -73,7 +73,10 @@ pub async fn serve<H, Fut, B>(
     }
     drop(listener);
     let deadline = *drain.borrow();
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing connections with requests still in flight");
     }
 }

@@ -41,10 +41,16 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber (stdout; `RUST_LOG`, default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     // A second init (tests, demo) is harmless: the first subscriber stays.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.with_target(true).try_init(),
     };
 }
@@ -53,7 +59,9 @@ pub fn init_logging(format: LogFormat) {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &buckets)
             .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -69,11 +77,21 @@ pub fn metrics() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_histogram};
-    describe_counter!(REQUESTS_TOTAL, "Requests handled, by permission, decision and status");
-    describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time to response headers");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests handled, by permission, decision and status"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to response headers"
+    );
     describe_counter!(ERRORS_TOTAL, "Errors answered by sidekey itself, by code");
     describe_counter!(UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind");
-    describe_counter!(UPSTREAM_UNAUTHORIZED_TOTAL, "Upstream 401 answers, by key fingerprint");
+    describe_counter!(
+        UPSTREAM_UNAUTHORIZED_TOTAL,
+        "Upstream 401 answers, by key fingerprint"
+    );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
 }

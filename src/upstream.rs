@@ -86,9 +86,17 @@ impl Upstream {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
         let https = if cfg.allow_plaintext {
-            builder.https_or_http().enable_http1().enable_http2().wrap_connector(http)
+            builder
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
         } else {
-            builder.https_only().enable_http1().enable_http2().wrap_connector(http)
+            builder
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http)
         };
         let connector = TimeoutConnector {
             inner: https,
@@ -106,7 +114,10 @@ impl Upstream {
     }
 
     /// Sends one request; resolves when response headers arrive (the body streams after).
-    pub async fn send(&self, req: http::Request<Incoming>) -> Result<http::Response<Incoming>, FailureKind> {
+    pub async fn send(
+        &self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<Incoming>, FailureKind> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(FailureKind::ResponseTimeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -125,9 +136,12 @@ fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
         if e.is::<rustls::Error>() {
             return FailureKind::Tls;
         }
+        // `io::Error::source` skips the error it wraps, so descend through `get_ref` too
+        // (hyper-rustls wraps the rustls error in two io::Errors).
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                return FailureKind::Tls;
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner);
+                continue;
             }
         }
         source = e.source();

@@ -183,7 +183,9 @@ fn toml_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> Config
 
 /// 1-based line number of a byte offset.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |t| t.bytes().filter(|&b| b == b'\n').count()) + 1
+    text.get(..offset)
+        .map_or(0, |t| t.bytes().filter(|&b| b == b'\n').count())
+        + 1
 }
 
 #[cfg(test)]

@@ -9,7 +9,11 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn tmp() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("sidekey-cfg-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "sidekey-cfg-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -65,7 +69,11 @@ fn errors_name_key_and_line() {
     assert_eq!(e.key, "service.allow");
 
     let e = load_err(&MINIMAL.replace("\"a:write\" = [\"POST /v1/things\"]", "\"a:write\" = []"));
-    assert_eq!((e.key.as_str(), e.line), ("permissions.a:write", Some(14)), "{e}");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("permissions.a:write", Some(14)),
+        "{e}"
+    );
 
     let e = load_err(&MINIMAL.replace("POST /v1/things", "POST v1/things"));
     assert_eq!(e.key, "permissions.a:write");
@@ -80,8 +88,14 @@ fn errors_name_key_and_line() {
     let e = load_err(&MINIMAL.replace("file = \"key\"", "file = \"key\"\nenv = \"K\""));
     assert_eq!(e.key, "credential");
 
-    let e = load_err(&format!("[listener]\naddress = \"0.0.0.0:8080\"\n{MINIMAL}"));
-    assert_eq!((e.key.as_str(), e.line), ("listener.address", Some(2)), "{e}");
+    let e = load_err(&format!(
+        "[listener]\naddress = \"0.0.0.0:8080\"\n{MINIMAL}"
+    ));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("listener.address", Some(2)),
+        "{e}"
+    );
 
     let e = load_err(&MINIMAL.replace("[credential]", "[credential]\nheader = \"connection\""));
     assert_eq!(e.key, "credential.header");
@@ -89,7 +103,7 @@ fn errors_name_key_and_line() {
 
 #[test]
 fn plaintext_needs_the_escape_hatch() {
-    let text = MINIMAL.replace("https://", "http://").replace("[credential]", "[credential]").replace(
+    let text = MINIMAL.replace("https://", "http://").replace(
         "url = \"http://api.example.com\"",
         "url = \"http://api.example.com\"\nallow_plaintext_upstream = true",
     );
@@ -114,5 +128,9 @@ fn permissions_file_is_relative_and_hashed() {
     assert_ne!(c1.digest, c2.digest);
     write(&d, "cat.toml", "[permissions]\n\"a:read\" = [\"GET y\"]\n");
     let e = Config::load(&path).unwrap_err();
-    assert_eq!((e.file.clone(), e.line), (d.join("cat.toml"), Some(2)), "{e}");
+    assert_eq!(
+        (e.file.clone(), e.line),
+        (d.join("cat.toml"), Some(2)),
+        "{e}"
+    );
 }

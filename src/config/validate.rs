@@ -25,12 +25,23 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err<T>(&self, key: &str, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) -> Result<T, ConfigError> {
+    fn err<T>(
+        &self,
+        key: &str,
+        span: Option<std::ops::Range<usize>>,
+        msg: impl Into<String>,
+    ) -> Result<T, ConfigError> {
         Err(error_in(self.path, self.text, key, span, msg))
     }
 }
 
-fn error_in(path: &Path, text: &str, key: &str, span: Option<std::ops::Range<usize>>, msg: impl Into<String>) -> ConfigError {
+fn error_in(
+    path: &Path,
+    text: &str,
+    key: &str,
+    span: Option<std::ops::Range<usize>>,
+    msg: impl Into<String>,
+) -> ConfigError {
     ConfigError {
         file: path.to_owned(),
         line: span.map(|s| line_of(text, s.start)),
@@ -40,57 +51,117 @@ fn error_in(path: &Path, text: &str, key: &str, span: Option<std::ops::Range<usi
 }
 
 /// `permissions_file` may sit at the top level or under `[service]`; not both.
-pub(crate) fn catalogue_file(path: &Path, text: &str, raw: &RawConfig) -> Result<Option<String>, ConfigError> {
-    let nested = raw.service.as_ref().and_then(|s| s.permissions_file.as_ref());
+pub(crate) fn catalogue_file(
+    path: &Path,
+    text: &str,
+    raw: &RawConfig,
+) -> Result<Option<String>, ConfigError> {
+    let nested = raw
+        .service
+        .as_ref()
+        .and_then(|s| s.permissions_file.as_ref());
     match (&raw.permissions_file, nested) {
-        (Some(_), Some(b)) => Err(error_in(path, text, "service.permissions_file", Some(b.span()), "set `permissions_file` once")),
+        (Some(_), Some(b)) => Err(error_in(
+            path,
+            text,
+            "service.permissions_file",
+            Some(b.span()),
+            "set `permissions_file` once",
+        )),
         (Some(f), None) | (None, Some(f)) => Ok(Some(f.get_ref().clone())),
         (None, None) => Ok(None),
     }
 }
 
-pub(crate) fn validate(ctx: &Ctx<'_>, raw: RawConfig, file_catalogue: Option<(PathBuf, String, RawPermissions)>) -> Result<Config, ConfigError> {
+pub(crate) fn validate(
+    ctx: &Ctx<'_>,
+    raw: RawConfig,
+    file_catalogue: Option<(PathBuf, String, RawPermissions)>,
+) -> Result<Config, ConfigError> {
     let listener = Listener {
-        address: address(ctx, "listener.address", raw.listener.address.as_ref(), "127.0.0.1:8080")?,
-        header_read_timeout: duration(ctx, "listener.header_read_timeout", raw.listener.header_read_timeout.as_ref(), "10s")?,
+        address: address(
+            ctx,
+            "listener.address",
+            raw.listener.address.as_ref(),
+            "127.0.0.1:8080",
+        )?,
+        header_read_timeout: duration(
+            ctx,
+            "listener.header_read_timeout",
+            raw.listener.header_read_timeout.as_ref(),
+            "10s",
+        )?,
     };
     if !listener.address.ip().is_loopback() {
         let span = raw.listener.address.as_ref().map(Spanned::span);
         return ctx.err("listener.address", span, "the listener speaks plain HTTP and must be bound to a loopback address (127.0.0.1 or ::1)");
     }
     let admin = Admin {
-        address: address(ctx, "admin.address", raw.admin.address.as_ref(), "127.0.0.1:9901")?,
+        address: address(
+            ctx,
+            "admin.address",
+            raw.admin.address.as_ref(),
+            "127.0.0.1:9901",
+        )?,
     };
     let Some(up) = raw.upstream else {
         return ctx.err("upstream", None, "missing table [upstream] with `url`");
     };
     let upstream = upstream(ctx, up)?;
     let Some(cred) = raw.credential else {
-        return ctx.err("credential", None, "missing table [credential] with `file` or `env`");
+        return ctx.err(
+            "credential",
+            None,
+            "missing table [credential] with `file` or `env`",
+        );
     };
     let credential = credential(ctx, cred)?;
     let Some(svc) = raw.service else {
-        return ctx.err("service", None, "missing table [service] with `name` and `allow`");
+        return ctx.err(
+            "service",
+            None,
+            "missing table [service] with `name` and `allow`",
+        );
     };
 
     // The catalogue: inline [permissions] and the file may both contribute, never the same name.
     let mut catalogue = Vec::new();
     let mut names: Vec<Arc<str>> = Vec::new();
-    let inline = raw.permissions.map(|p| (ctx.path.to_owned(), ctx.text.to_owned(), p));
+    let inline = raw
+        .permissions
+        .map(|p| (ctx.path.to_owned(), ctx.text.to_owned(), p));
     let permissions_path = file_catalogue.as_ref().map(|(p, _, _)| p.clone());
     for (file, text, perms) in inline.into_iter().chain(file_catalogue) {
         for (name, routes) in perms {
             let key = format!("permissions.{name}");
             if names.iter().any(|n| **n == *name) {
-                return Err(error_in(&file, &text, &key, Some(routes.span()), "permission defined twice (inline and in permissions_file)"));
+                return Err(error_in(
+                    &file,
+                    &text,
+                    &key,
+                    Some(routes.span()),
+                    "permission defined twice (inline and in permissions_file)",
+                ));
             }
             if routes.get_ref().is_empty() {
-                return Err(error_in(&file, &text, &key, Some(routes.span()), "a permission needs at least one route"));
+                return Err(error_in(
+                    &file,
+                    &text,
+                    &key,
+                    Some(routes.span()),
+                    "a permission needs at least one route",
+                ));
             }
             let permission: Arc<str> = name.as_str().into();
             for route in routes.into_inner() {
                 let pattern = Pattern::parse(route.get_ref()).map_err(|e| {
-                    error_in(&file, &text, &key, Some(route.span()), format!("route `{}`: {e}", route.get_ref()))
+                    error_in(
+                        &file,
+                        &text,
+                        &key,
+                        Some(route.span()),
+                        format!("route `{}`: {e}", route.get_ref()),
+                    )
                 })?;
                 catalogue.push(RouteSpec {
                     permission: permission.clone(),
@@ -107,12 +178,20 @@ pub(crate) fn validate(ctx: &Ctx<'_>, raw: RawConfig, file_catalogue: Option<(Pa
         return ctx.err("service.name", Some(svc.name.span()), "must not be empty");
     }
     if svc.allow.get_ref().is_empty() {
-        return ctx.err("service.allow", Some(svc.allow.span()), "grant at least one permission (default is deny-all, which serves nothing)");
+        return ctx.err(
+            "service.allow",
+            Some(svc.allow.span()),
+            "grant at least one permission (default is deny-all, which serves nothing)",
+        );
     }
     let mut allow: Vec<Arc<str>> = Vec::new();
     for perm in svc.allow.get_ref() {
         let Some(known) = names.iter().find(|n| ***n == **perm.get_ref()) else {
-            return ctx.err("service.allow", Some(perm.span()), format!("permission `{}` is not in the catalogue", perm.get_ref()));
+            return ctx.err(
+                "service.allow",
+                Some(perm.span()),
+                format!("permission `{}` is not in the catalogue", perm.get_ref()),
+            );
         };
         if !allow.contains(known) {
             allow.push(known.clone());
@@ -121,15 +200,34 @@ pub(crate) fn validate(ctx: &Ctx<'_>, raw: RawConfig, file_catalogue: Option<(Pa
 
     let runtime = Runtime {
         workers: workers(ctx, raw.runtime.workers.as_ref())?,
-        shutdown_grace: duration(ctx, "runtime.shutdown_grace", raw.runtime.shutdown_grace.as_ref(), "25s")?,
-        shutdown_idle: duration(ctx, "runtime.shutdown_idle", raw.runtime.shutdown_idle.as_ref(), "2s")?,
+        shutdown_grace: duration(
+            ctx,
+            "runtime.shutdown_grace",
+            raw.runtime.shutdown_grace.as_ref(),
+            "25s",
+        )?,
+        shutdown_idle: duration(
+            ctx,
+            "runtime.shutdown_idle",
+            raw.runtime.shutdown_idle.as_ref(),
+            "2s",
+        )?,
     };
     let reload = Reload {
         interval: duration(ctx, "reload.interval", raw.reload.interval.as_ref(), "10s")?,
-        debounce: duration(ctx, "reload.debounce", raw.reload.debounce.as_ref(), "200ms")?,
+        debounce: duration(
+            ctx,
+            "reload.debounce",
+            raw.reload.debounce.as_ref(),
+            "200ms",
+        )?,
     };
     if reload.interval.is_zero() {
-        return ctx.err("reload.interval", raw.reload.interval.as_ref().map(Spanned::span), "must be greater than zero");
+        return ctx.err(
+            "reload.interval",
+            raw.reload.interval.as_ref().map(Spanned::span),
+            "must be greater than zero",
+        );
     }
     Ok(Config {
         path: ctx.path.to_owned(),
@@ -139,28 +237,57 @@ pub(crate) fn validate(ctx: &Ctx<'_>, raw: RawConfig, file_catalogue: Option<(Pa
         admin,
         upstream,
         credential,
-        service: Service { name: name.into(), allow },
+        service: Service {
+            name: name.into(),
+            allow,
+        },
         catalogue,
         runtime,
         reload,
     })
 }
 
-fn address(ctx: &Ctx<'_>, key: &str, v: Option<&Spanned<String>>, default: &str) -> Result<SocketAddr, ConfigError> {
+fn address(
+    ctx: &Ctx<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
     let text = v.map_or(default, |s| s.get_ref().as_str());
-    text.parse().or_else(|_| ctx.err(key, v.map(Spanned::span), format!("`{text}` is not an IP:port address")))
+    text.parse().or_else(|_| {
+        ctx.err(
+            key,
+            v.map(Spanned::span),
+            format!("`{text}` is not an IP:port address"),
+        )
+    })
 }
 
-fn duration(ctx: &Ctx<'_>, key: &str, v: Option<&Spanned<String>>, default: &str) -> Result<Duration, ConfigError> {
+fn duration(
+    ctx: &Ctx<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
     let text = v.map_or(default, |s| s.get_ref().as_str());
-    humantime::parse_duration(text).or_else(|e| ctx.err(key, v.map(Spanned::span), format!("`{text}` is not a duration like \"5s\" or \"250ms\": {e}")))
+    humantime::parse_duration(text).or_else(|e| {
+        ctx.err(
+            key,
+            v.map(Spanned::span),
+            format!("`{text}` is not a duration like \"5s\" or \"250ms\": {e}"),
+        )
+    })
 }
 
 fn workers(ctx: &Ctx<'_>, v: Option<&Spanned<i64>>) -> Result<usize, ConfigError> {
     let n = v.map_or(1, |w| *w.get_ref());
     match usize::try_from(n) {
         Ok(n @ 1..=256) => Ok(n),
-        _ => ctx.err("runtime.workers", v.map(Spanned::span), "must be between 1 and 256"),
+        _ => ctx.err(
+            "runtime.workers",
+            v.map(Spanned::span),
+            "must be between 1 and 256",
+        ),
     }
 }
 
@@ -173,13 +300,21 @@ fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, Conf
         Err(e) => return ctx.err(key, span, format!("`{url}` is not a URL: {e}")),
     };
     let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        return ctx.err(key, span, "must be an absolute URL like https://api.example.com");
+        return ctx.err(
+            key,
+            span,
+            "must be an absolute URL like https://api.example.com",
+        );
     };
     if authority.as_str().contains('@') {
         return ctx.err(key, span, "must not carry user information");
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return ctx.err(key, span, "must be an origin only (no path or query): request paths are forwarded as they are");
+        return ctx.err(
+            key,
+            span,
+            "must be an origin only (no path or query): request paths are forwarded as they are",
+        );
     }
     match scheme.as_str() {
         "https" => {}
@@ -190,11 +325,24 @@ fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, Conf
     let extra_roots = match &up.ca_file {
         Some(f) => {
             let path = ctx.dir.join(f.get_ref());
-            let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(&path).and_then(Iterator::collect);
+            let certs: Result<Vec<_>, _> =
+                CertificateDer::pem_file_iter(&path).and_then(Iterator::collect);
             match certs {
                 Ok(c) if !c.is_empty() => c,
-                Ok(_) => return ctx.err("upstream.ca_file", Some(f.span()), format!("{} holds no PEM certificate", path.display())),
-                Err(e) => return ctx.err("upstream.ca_file", Some(f.span()), format!("cannot read {}: {e}", path.display())),
+                Ok(_) => {
+                    return ctx.err(
+                        "upstream.ca_file",
+                        Some(f.span()),
+                        format!("{} holds no PEM certificate", path.display()),
+                    );
+                }
+                Err(e) => {
+                    return ctx.err(
+                        "upstream.ca_file",
+                        Some(f.span()),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
             }
         }
         None => Vec::new(),
@@ -204,32 +352,85 @@ fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, Conf
         scheme,
         authority,
         extra_roots,
-        connect_timeout: duration(ctx, "upstream.connect_timeout", up.connect_timeout.as_ref(), "5s")?,
-        response_timeout: duration(ctx, "upstream.response_timeout", up.response_timeout.as_ref(), "60s")?,
-        pool_idle_timeout: duration(ctx, "upstream.pool_idle_timeout", up.pool_idle_timeout.as_ref(), "90s")?,
+        connect_timeout: duration(
+            ctx,
+            "upstream.connect_timeout",
+            up.connect_timeout.as_ref(),
+            "5s",
+        )?,
+        response_timeout: duration(
+            ctx,
+            "upstream.response_timeout",
+            up.response_timeout.as_ref(),
+            "60s",
+        )?,
+        pool_idle_timeout: duration(
+            ctx,
+            "upstream.pool_idle_timeout",
+            up.pool_idle_timeout.as_ref(),
+            "90s",
+        )?,
         allow_plaintext: up.allow_plaintext_upstream,
     })
 }
 
-fn credential(ctx: &Ctx<'_>, cred: super::raw::RawCredential) -> Result<CredentialConfig, ConfigError> {
+fn credential(
+    ctx: &Ctx<'_>,
+    cred: super::raw::RawCredential,
+) -> Result<CredentialConfig, ConfigError> {
     let source = match (&cred.file, &cred.env) {
         (Some(f), None) => CredentialSource::File(ctx.dir.join(f.get_ref())),
         (None, Some(e)) if !e.get_ref().is_empty() => CredentialSource::Env(e.get_ref().clone()),
-        (None, Some(e)) => return ctx.err("credential.env", Some(e.span()), "must name an environment variable"),
-        (Some(_), Some(e)) => return ctx.err("credential", Some(e.span()), "set exactly one of `file` or `env`"),
+        (None, Some(e)) => {
+            return ctx.err(
+                "credential.env",
+                Some(e.span()),
+                "must name an environment variable",
+            );
+        }
+        (Some(_), Some(e)) => {
+            return ctx.err(
+                "credential",
+                Some(e.span()),
+                "set exactly one of `file` or `env`",
+            );
+        }
         (None, None) => return ctx.err("credential", None, "set exactly one of `file` or `env`"),
     };
-    let header_text = cred.header.as_ref().map_or("authorization", |h| h.get_ref().as_str());
+    let header_text = cred
+        .header
+        .as_ref()
+        .map_or("authorization", |h| h.get_ref().as_str());
     let header_span = cred.header.as_ref().map(Spanned::span);
     let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
-        return ctx.err("credential.header", header_span, format!("`{header_text}` is not a header name"));
+        return ctx.err(
+            "credential.header",
+            header_span,
+            format!("`{header_text}` is not a header name"),
+        );
     };
     if crate::inject::is_reserved(&header) {
-        return ctx.err("credential.header", header_span, format!("`{header_text}` is a hop-by-hop or routing header"));
+        return ctx.err(
+            "credential.header",
+            header_span,
+            format!("`{header_text}` is a hop-by-hop or routing header"),
+        );
     }
-    let prefix = cred.prefix.as_ref().map_or("Bearer ", |p| p.get_ref().as_str()).to_owned();
+    let prefix = cred
+        .prefix
+        .as_ref()
+        .map_or("Bearer ", |p| p.get_ref().as_str())
+        .to_owned();
     if HeaderValue::from_str(&prefix).is_err() {
-        return ctx.err("credential.prefix", cred.prefix.as_ref().map(Spanned::span), "must be printable ASCII");
+        return ctx.err(
+            "credential.prefix",
+            cred.prefix.as_ref().map(Spanned::span),
+            "must be printable ASCII",
+        );
     }
-    Ok(CredentialConfig { source, header, prefix })
+    Ok(CredentialConfig {
+        source,
+        header,
+        prefix,
+    })
 }

@@ -78,7 +78,10 @@ fn canonicalize_table() {
 
 #[test]
 fn canonical_is_borrowed_when_unchanged() {
-    assert!(matches!(canonicalize("/v1/sandboxes/sb_1"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(
+        canonicalize("/v1/sandboxes/sb_1"),
+        Ok(Cow::Borrowed(_))
+    ));
     assert!(matches!(canonicalize("/v1/%41"), Ok(Cow::Owned(_))));
 }
 
@@ -97,7 +100,10 @@ fn length_limits() {
     assert_eq!(canonicalize(&long), Err(PathError::TooLong));
     let max = format!("/{}", "a".repeat(MAX_PATH_LEN - 1));
     assert!(canonicalize(&max).is_ok());
-    assert_eq!(check_query(&"q".repeat(MAX_QUERY_LEN + 1)), Err(PathError::TooLong));
+    assert_eq!(
+        check_query(&"q".repeat(MAX_QUERY_LEN + 1)),
+        Err(PathError::TooLong)
+    );
     assert_eq!(check_query("a=1&b=%20"), Ok(()));
     assert_eq!(check_query("a=\u{e9}"), Err(PathError::InvalidByte));
 }

@@ -48,9 +48,15 @@ pub struct Policy {
 #[derive(Debug)]
 pub enum Verdict<'a> {
     /// Forward `path` (canonical) plus the raw query; `route` is what allowed it.
-    Allow { route: &'a Route, path: Cow<'a, str> },
+    Allow {
+        route: &'a Route,
+        path: Cow<'a, str>,
+    },
     /// A catalogue route matched, but its permission is not granted.
-    PermissionDenied { route: &'a Route, path: Cow<'a, str> },
+    PermissionDenied {
+        route: &'a Route,
+        path: Cow<'a, str>,
+    },
     /// No catalogue route matches method + path.
     NoRoute { path: Cow<'a, str> },
     /// The method is never proxied (CONNECT, TRACE).

@@ -54,7 +54,9 @@ impl Pattern {
         };
         let method = match method {
             "*" => None,
-            m => Some(Method::from_bytes(m.as_bytes()).map_err(|_| PatternError::Method(m.into()))?),
+            m => {
+                Some(Method::from_bytes(m.as_bytes()).map_err(|_| PatternError::Method(m.into()))?)
+            }
         };
         let rest = path.strip_prefix('/').ok_or(PatternError::NoLeadingSlash)?;
         let raw: Vec<&str> = rest.split('/').collect();
@@ -73,8 +75,8 @@ fn parse_segment(seg: &str, last: bool) -> Result<Segment, PatternError> {
             Some(name) => (true, name),
             None => (false, inner),
         };
-        let valid = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             return Err(PatternError::BadParam(seg.into()));
         }
@@ -225,7 +227,10 @@ mod tests {
         ]);
         let get = Method::GET;
         assert_eq!(t.lookup(&get, "/v1/sandboxes/sb1/usage"), Some(2));
-        assert_eq!(t.lookup(&Method::DELETE, "/v1/sandboxes/sb1/usage"), Some(3));
+        assert_eq!(
+            t.lookup(&Method::DELETE, "/v1/sandboxes/sb1/usage"),
+            Some(3)
+        );
         assert_eq!(t.lookup(&get, "/v1/sandboxes/sb1/files/a/b"), Some(0));
         assert_eq!(t.lookup(&get, "/v1/sandboxes/sb1"), Some(1));
         // `{*rest}` needs a non-empty first segment, like `{id}`.

@@ -53,28 +53,106 @@ fn evaluate_table() {
     );
     use Want::*;
     let cases = [
-        Case { method: "POST", target: "/v1/sandboxes", want: Allow("sandbox_sessions:create", "/v1/sandboxes") },
-        Case { method: "POST", target: "/v1/sandboxes?x=%2F", want: Allow("sandbox_sessions:create", "/v1/sandboxes") },
-        Case { method: "GET", target: "/v1/sandboxes/sb_1", want: Allow("sandbox_sessions:read", "/v1/sandboxes/sb_1") },
-        Case { method: "GET", target: "/v1/%73andboxes/sb_1/files/a", want: Allow("sandbox_sessions:read", "/v1/sandboxes/sb_1/files/a") },
-        Case { method: "DELETE", target: "/v1/sandboxes/sb_1", want: Denied("sandbox_sessions:delete") },
-        Case { method: "POST", target: "/v1/sandboxes/sb_1/exec", want: Denied("sandbox_sessions:exec") },
-        Case { method: "POST", target: "/v1/sandboxesX", want: NoRoute },
-        Case { method: "POST", target: "/v1/sandboxes/", want: NoRoute },
-        Case { method: "post", target: "/v1/sandboxes", want: NoRoute },
-        Case { method: "PUT", target: "/v1/sandboxes", want: NoRoute },
-        Case { method: "GET", target: "/V1/sandboxes/sb_1", want: NoRoute },
-        Case { method: "GET", target: "/http://169.254.169.254/", want: Rejected(PathError::EmptySegment) },
-        Case { method: "GET", target: "/v1/sandboxes/sb_1/../../admin", want: Rejected(PathError::DotSegment) },
-        Case { method: "GET", target: "/v1/sandboxes/sb_1%2F..%2Fx", want: Rejected(PathError::EncodedDelimiter) },
-        Case { method: "GET", target: "http://evil.example/v1/sandboxes/sb_1", want: Rejected(PathError::NotOriginForm) },
-        Case { method: "OPTIONS", target: "*", want: Rejected(PathError::NotOriginForm) },
-        Case { method: "CONNECT", target: "/v1/sandboxes", want: Method },
-        Case { method: "TRACE", target: "/v1/sandboxes", want: Method },
+        Case {
+            method: "POST",
+            target: "/v1/sandboxes",
+            want: Allow("sandbox_sessions:create", "/v1/sandboxes"),
+        },
+        Case {
+            method: "POST",
+            target: "/v1/sandboxes?x=%2F",
+            want: Allow("sandbox_sessions:create", "/v1/sandboxes"),
+        },
+        Case {
+            method: "GET",
+            target: "/v1/sandboxes/sb_1",
+            want: Allow("sandbox_sessions:read", "/v1/sandboxes/sb_1"),
+        },
+        Case {
+            method: "GET",
+            target: "/v1/%73andboxes/sb_1/files/a",
+            want: Allow("sandbox_sessions:read", "/v1/sandboxes/sb_1/files/a"),
+        },
+        Case {
+            method: "DELETE",
+            target: "/v1/sandboxes/sb_1",
+            want: Denied("sandbox_sessions:delete"),
+        },
+        Case {
+            method: "POST",
+            target: "/v1/sandboxes/sb_1/exec",
+            want: Denied("sandbox_sessions:exec"),
+        },
+        Case {
+            method: "POST",
+            target: "/v1/sandboxesX",
+            want: NoRoute,
+        },
+        Case {
+            method: "POST",
+            target: "/v1/sandboxes/",
+            want: NoRoute,
+        },
+        Case {
+            method: "post",
+            target: "/v1/sandboxes",
+            want: NoRoute,
+        },
+        Case {
+            method: "PUT",
+            target: "/v1/sandboxes",
+            want: NoRoute,
+        },
+        Case {
+            method: "GET",
+            target: "/V1/sandboxes/sb_1",
+            want: NoRoute,
+        },
+        Case {
+            method: "GET",
+            target: "/http://169.254.169.254/",
+            want: Rejected(PathError::EmptySegment),
+        },
+        Case {
+            method: "GET",
+            target: "/v1/sandboxes/sb_1/../../admin",
+            want: Rejected(PathError::DotSegment),
+        },
+        Case {
+            method: "GET",
+            target: "/v1/sandboxes/sb_1%2F..%2Fx",
+            want: Rejected(PathError::EncodedDelimiter),
+        },
+        Case {
+            method: "GET",
+            target: "http://evil.example/v1/sandboxes/sb_1",
+            want: Rejected(PathError::NotOriginForm),
+        },
+        Case {
+            method: "OPTIONS",
+            target: "*",
+            want: Rejected(PathError::NotOriginForm),
+        },
+        Case {
+            method: "CONNECT",
+            target: "/v1/sandboxes",
+            want: Method,
+        },
+        Case {
+            method: "TRACE",
+            target: "/v1/sandboxes",
+            want: Method,
+        },
     ];
     for c in cases {
         let method = http::Method::from_bytes(c.method.as_bytes()).unwrap();
         let uri: Uri = c.target.parse().unwrap();
-        assert_eq!(verdict(p.evaluate(&method, &uri)), c.want, "{} {}", c.method, c.target);
+        assert_eq!(
+            verdict(p.evaluate(&method, &uri)),
+            c.want,
+            "{} {}",
+            c.method,
+            c.target
+        );
     }
 }

@@ -30,7 +30,9 @@ impl ProxyError {
     pub fn from_verdict(verdict: &Verdict<'_>) -> Option<Self> {
         match verdict {
             Verdict::Allow { .. } => None,
-            Verdict::PermissionDenied { route, .. } => Some(Self::PermissionDenied(route.permission.clone())),
+            Verdict::PermissionDenied { route, .. } => {
+                Some(Self::PermissionDenied(route.permission.clone()))
+            }
             Verdict::NoRoute { .. } => Some(Self::RouteNotAllowed),
             Verdict::MethodNotAllowed => Some(Self::MethodNotAllowed),
             Verdict::Rejected(PathError::TooLong) => Some(Self::UriTooLong),
@@ -103,7 +105,10 @@ impl ProxyError {
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert("x-sidekey-error", HeaderValue::from_static(self.code()));
         h.insert("x-request-id", request_id.clone());

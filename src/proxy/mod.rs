@@ -35,7 +35,10 @@ struct Outcome {
 }
 
 /// Serves one request. Never fails: errors become JSON responses.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     shared.touch();
     let snap = shared.load();
@@ -51,13 +54,28 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
         Err(e) => (e.to_response(&request_id), e.decision(), Some(e)),
     };
     if !resp.headers().contains_key("x-request-id") {
-        resp.headers_mut().insert("x-request-id", request_id.clone());
+        resp.headers_mut()
+            .insert("x-request-id", request_id.clone());
     }
-    record(&snap, &method, &request_id, &outcome, decision, error.as_ref(), resp.status(), start);
+    record(
+        &snap,
+        &method,
+        &request_id,
+        &outcome,
+        decision,
+        error.as_ref(),
+        resp.status(),
+        start,
+    );
     Ok(resp)
 }
 
-async fn forward(snap: &Snapshot, req: Request<Incoming>, request_id: &HeaderValue, out: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward(
+    snap: &Snapshot,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     // 1 + 2: method, target form, path screen; 3: the allow-list. Nothing has been read from
     // the body yet, so a refusal here never forwards (or even reads) a body byte, and
@@ -80,7 +98,10 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, request_id: &HeaderVal
     };
     inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
     // Fail closed: no key, nothing sent.
-    let credential = snap.credential.as_ref().ok_or(ProxyError::CredentialUnavailable)?;
+    let credential = snap
+        .credential
+        .as_ref()
+        .ok_or(ProxyError::CredentialUnavailable)?;
 
     // Forward exactly the canonical path that was matched, plus the raw query. Reuse the
     // inbound bytes when they already are canonical (no copy).
@@ -91,7 +112,8 @@ async fn forward(snap: &Snapshot, req: Request<Incoming>, request_id: &HeaderVal
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };
-            PathAndQuery::try_from(joined).map_err(|_| ProxyError::InvalidRequest("invalid_target"))?
+            PathAndQuery::try_from(joined)
+                .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?
         }
     };
     out.path = Some(pq.clone());
@@ -142,7 +164,8 @@ fn record(
     if let Some(e) = error {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
         if let ProxyError::Upstream(kind) = e {
-            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str()).increment(1);
+            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str())
+                .increment(1);
         }
     }
     tracing::info!(

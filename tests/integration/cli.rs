@@ -1,0 +1,121 @@
+//! The binary's `check` and `explain` contracts, and every shipped config passes `check`.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+fn sidekey(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Catalogue files are checked through the configs that name them.
+        if text.contains("[service]") {
+            let (code, out, err) = sidekey(&["check", "--config", path.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}{err}", path.display());
+            assert!(out.contains("config ok"), "{out}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn check_prints_the_table_and_exits_64_on_bad_config() {
+    let dir = TempDir::new();
+    dir.write("ca.pem", sidekey::pki::Ca::new("t").unwrap().cert_pem());
+    let good = dir.write("good.toml", &config_text("https://api.example.com", ""));
+    let (code, out, _) = sidekey(&["check", "--config", good.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("service test-svc"));
+    assert!(out.contains("    GET /v1/sandboxes/{id}"), "{out}");
+    assert!(
+        out.contains(
+            "not granted (403 permission_denied): sandbox_sessions:delete, sandbox_sessions:exec"
+        ),
+        "{out}"
+    );
+
+    let bad = dir.write(
+        "bad.toml",
+        &config_text("https://api.example.com", "").replace("[service]", "[service]\ntypo = 1"),
+    );
+    let (code, _, err) = sidekey(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("bad.toml:"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+
+    let (code, _, err) = sidekey(&["check", "--config", "/nonexistent/sidekey.toml"]);
+    assert_eq!(code, 64, "{err}");
+}
+
+#[test]
+fn explain_exit_codes() {
+    let dir = TempDir::new();
+    dir.write("ca.pem", sidekey::pki::Ca::new("t").unwrap().cert_pem());
+    let cfg = dir.write("s.toml", &config_text("https://api.example.com", ""));
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, _) = sidekey(&["explain", "--config", cfg, "GET", "/v1/sandboxes/sb_1?x=1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("allowed")
+            && out.contains("sandbox_sessions:read")
+            && out.contains("GET /v1/sandboxes/{id}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("https://api.example.com/v1/sandboxes/sb_1?x=1"),
+        "{out}"
+    );
+
+    let (code, out, _) = sidekey(&["explain", "--config", cfg, "DELETE", "/v1/sandboxes/sb_1"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("permission_denied") && out.contains("sandbox_sessions:delete"),
+        "{out}"
+    );
+
+    let (code, out, _) = sidekey(&["explain", "--config", cfg, "GET", "/v2/x"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("route_not_allowed"), "{out}");
+
+    let (code, out, _) = sidekey(&["explain", "--config", cfg, "GET", "/v1/sandboxes/%2e%2e/x"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("rejected") && out.contains("dot_segment"),
+        "{out}"
+    );
+
+    let (code, _, _) = sidekey(&["explain", "--config", "/nonexistent.toml", "GET", "/"]);
+    assert_eq!(code, 64);
+}
+
+#[test]
+fn help_shows_examples() {
+    for cmd in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["check", "--help"],
+        vec!["explain", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let (code, out, _) = sidekey(&cmd);
+        assert_eq!(code, 0);
+        assert!(out.contains("Example:"), "{cmd:?}: {out}");
+    }
+}

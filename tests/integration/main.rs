@@ -1,0 +1,13 @@
+//! Integration tests: real sockets on 127.0.0.1:0, a real TLS upstream with a CA minted at
+//! test time, the same `App::bind` as `main`.
+
+// Support helpers are test code too: a failed set-up should panic loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod cli;
+mod faults;
+mod proxy;
+mod rotation;
+mod streaming;

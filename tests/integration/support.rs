@@ -1,0 +1,272 @@
+//! Test support: a temp dir, the mock HTTPS upstream, a proxy started through the same
+//! `App::bind` as `main`, a raw TCP client that writes exact bytes, and `eventually`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use sidekey::App;
+use sidekey::config::Config;
+use sidekey::mock::{Handler, MockUpstream};
+use sidekey::pki::Ca;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+pub const KEY: &str = "sk_test_SECRET_0123456789abcdef";
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sidekey-it-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA plus a mock upstream signed by it.
+pub struct Upstream {
+    pub ca: Ca,
+    pub mock: MockUpstream,
+}
+
+impl Upstream {
+    pub async fn banata() -> Self {
+        let ca = Ca::new("test CA").unwrap();
+        let mock = MockUpstream::start_banata(&ca).await.unwrap();
+        Self { ca, mock }
+    }
+
+    pub async fn with(handler: Handler) -> Self {
+        let ca = Ca::new("test CA").unwrap();
+        let mock = MockUpstream::start(&ca, handler).await.unwrap();
+        Self { ca, mock }
+    }
+}
+
+/// The standard test config: loopback :0 listeners, inline catalogue, key in `api-key`.
+pub fn config_text(upstream_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstream]
+url = "{upstream_url}"
+ca_file = "ca.pem"
+connect_timeout = "1s"
+response_timeout = "2s"
+
+[credential]
+file = "secret/api-key"
+
+[service]
+name = "test-svc"
+allow = ["sandbox_sessions:create", "sandbox_sessions:read"]
+
+[runtime]
+shutdown_idle = "50ms"
+shutdown_grace = "5s"
+
+[reload]
+interval = "30s"
+debounce = "50ms"
+
+[permissions]
+"sandbox_sessions:create" = ["POST /v1/sandboxes"]
+"sandbox_sessions:read" = ["GET /v1/sandboxes", "GET /v1/sandboxes/{{id}}", "GET /v1/sandboxes/{{id}}/{{*rest}}"]
+"sandbox_sessions:delete" = ["DELETE /v1/sandboxes/{{id}}"]
+"sandbox_sessions:exec" = ["POST /v1/sandboxes/{{id}}/exec"]
+{extra}
+"#
+    )
+}
+
+/// A running proxy; shut down (and awaited) on `stop`, or aborted on drop.
+pub struct TestProxy {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Writes `ca.pem`, `secret/api-key` (unless `key` is None) and `sidekey.toml`, then binds.
+    pub async fn start(upstream: &Upstream, key: Option<&str>, config: &str) -> Self {
+        let dir = TempDir::new();
+        dir.write("ca.pem", upstream.ca.cert_pem());
+        std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+        if let Some(k) = key {
+            dir.write("secret/api-key", k);
+        }
+        Self::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: TempDir, config: &str) -> Self {
+        let path = dir.write("sidekey.toml", config);
+        let config = Config::load(&path).unwrap();
+        let app = App::bind(config).await.unwrap();
+        let (addr, admin) = (app.proxy_addr(), app.admin_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            dir,
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("secret/api-key")
+    }
+
+    /// Sends the shutdown signal and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A response as the test client saw it.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `error.code` of a sidekey error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp: Response<hyper::body::Incoming> = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, &[]).await
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "app.local");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(addr, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Writes `bytes` as they are, then reads until the peer closes or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admin `/metrics` text.
+pub async fn metrics(p: &TestProxy) -> String {
+    String::from_utf8_lossy(&get(p.admin, "/metrics").await.body).into_owned()
+}
