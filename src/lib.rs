@@ -82,6 +82,11 @@ impl App {
                 (None, Some(e.to_string()))
             }
         };
+        if let config::CredentialSource::File(path) = &config.credential.source {
+            if secret::looks_like_subpath_mount(path) {
+                tracing::warn!(file = %path.display(), "the key file is a single-file mount (Kubernetes subPath?): such mounts never see Secret updates; mount the Secret as a whole volume");
+            }
+        }
         let config = Arc::new(config);
         let proxy_addr = config.listener.address;
         let admin_addr = config.admin.address;

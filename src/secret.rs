@@ -168,6 +168,55 @@ impl Credential {
     }
 }
 
+/// True when `path` looks like a Kubernetes `subPath` mount: its directory has no `..data`
+/// entry and the file itself is a mount point (a bind mount of one file, which kubelet never
+/// updates). Linux only; elsewhere always false.
+pub fn looks_like_subpath_mount(path: &Path) -> bool {
+    let has_data = path.parent().is_some_and(|d| d.join("..data").exists());
+    if has_data {
+        return false;
+    }
+    let Ok(full) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    is_mount_point(&mountinfo, &full)
+}
+
+/// Looks `path` up among the mount points (5th field, octal-escaped) of a mountinfo text.
+fn is_mount_point(mountinfo: &str, path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_octal(mp) == want)
+}
+
+fn unescape_octal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(rest.get(..i).unwrap_or_default());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = rest.get(i + 4..).unwrap_or_default();
+            }
+            None => {
+                out.push('\\');
+                rest = rest.get(i + 1..).unwrap_or_default();
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reads the file twice; a writer caught mid-write shows up as two different reads.
 fn read_stable(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let read = |p: &Path| {
@@ -220,6 +269,15 @@ mod tests {
         assert!(dbg.contains(c.fingerprint()));
         assert_eq!(c.fingerprint().len(), 12);
         assert_eq!(c.value().as_bytes(), b"Bearer sk_secret_value");
+    }
+
+    #[test]
+    fn finds_single_file_bind_mounts() {
+        let info = "36 35 98:0 /mnt1 /var/run/secrets/api\\040key rw - ext3 /dev/root rw\n\
+                    37 35 98:0 / /etc/sidekey rw - ext3 /dev/root rw\n";
+        assert!(is_mount_point(info, Path::new("/var/run/secrets/api key")));
+        assert!(is_mount_point(info, Path::new("/etc/sidekey")));
+        assert!(!is_mount_point(info, Path::new("/etc/sidekey/key")));
     }
 
     #[test]

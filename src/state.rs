@@ -7,7 +7,7 @@
 //! request path and publish it with one store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -41,6 +41,8 @@ pub struct Shared {
     credential_error: ArcSwapOption<String>,
     /// Unix time of the last accepted key load.
     credential_reloaded_at: AtomicU64,
+    /// Requests in flight (until their response body is done).
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
             last_request_ms: AtomicU64::new(0),
             credential_error: ArcSwapOption::empty(),
             credential_reloaded_at: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 

@@ -20,12 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
 use crate::config;
+use crate::proxy::body::{BodyError, Watched};
+
+/// What the client sends: the caller's body, watched for idleness and size.
+pub type RequestBody = Watched<Incoming>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pooled client for one upstream config.
 pub struct Upstream {
-    client: Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Incoming>,
+    client: Client<TimeoutConnector<HttpsConnector<HttpConnector>>, RequestBody>,
     pub response_timeout: Duration,
 }
 
@@ -48,6 +52,8 @@ pub enum FailureKind {
     ResponseTimeout,
     /// The connection broke or the peer spoke bad HTTP.
     Protocol,
+    /// The caller's body went over `limits.max_request_body` while streaming.
+    BodyTooLarge,
 }
 
 impl FailureKind {
@@ -58,6 +64,7 @@ impl FailureKind {
             Self::Tls => "tls",
             Self::ResponseTimeout => "response_timeout",
             Self::Protocol => "protocol",
+            Self::BodyTooLarge => "request_body_too_large",
         }
     }
 
@@ -116,7 +123,7 @@ impl Upstream {
     /// Sends one request; resolves when response headers arrive (the body streams after).
     pub async fn send(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, FailureKind> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(FailureKind::ResponseTimeout),
@@ -126,31 +133,43 @@ impl Upstream {
     }
 }
 
-/// Walks the error's source chain for the first thing we recognise.
-fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<ConnectTimeout>() {
-            return FailureKind::ConnectTimeout;
+/// Finds the first `T` in an error's chain. `io::Error::source` skips the error it wraps,
+/// so this descends through `get_ref` too (hyper-rustls wraps rustls errors in two).
+fn find<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
         }
-        if e.is::<rustls::Error>() {
-            return FailureKind::Tls;
-        }
-        // `io::Error::source` skips the error it wraps, so descend through `get_ref` too
-        // (hyper-rustls wraps the rustls error in two io::Errors).
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                source = Some(inner);
-                continue;
-            }
-        }
-        source = e.source();
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
-    if err.is_connect() {
+    None
+}
+
+fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
+    if find::<ConnectTimeout>(err).is_some() {
+        FailureKind::ConnectTimeout
+    } else if find::<rustls::Error>(err).is_some() {
+        FailureKind::Tls
+    } else if matches!(find::<BodyError>(err), Some(BodyError::TooLarge)) {
+        FailureKind::BodyTooLarge
+    } else if err.is_connect() {
         FailureKind::Connect
     } else {
         FailureKind::Protocol
     }
+}
+
+fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    find::<std::io::Error>(err).is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 /// Marker error: the connect (TCP + TLS) deadline passed.
@@ -168,7 +187,8 @@ struct TimeoutConnector<C> {
 
 impl<C> tower_service::Service<Uri> for TimeoutConnector<C>
 where
-    C: tower_service::Service<Uri> + Send,
+    C: tower_service::Service<Uri> + Clone + Send + 'static,
+    C::Response: Send,
     C::Future: Send + 'static,
     C::Error: Into<BoxError>,
 {
@@ -181,11 +201,25 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.inner.call(uri);
+        let first = self.inner.call(uri.clone());
+        let mut again = self.inner.clone();
         let timeout = self.timeout;
+        let connect = async move {
+            match first.await.map_err(Into::into) {
+                // Refused means nothing was sent: one immediate retry rides out a restarting
+                // upstream or a stale DNS answer, within the same deadline.
+                Err(e) if is_refused(&*e) => {
+                    std::future::poll_fn(|cx| again.poll_ready(cx))
+                        .await
+                        .map_err(Into::into)?;
+                    again.call(uri).await.map_err(Into::into)
+                }
+                other => other,
+            }
+        };
         Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r.map_err(Into::into),
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r,
                 Err(_) => Err(Box::new(ConnectTimeout) as BoxError),
             }
         })

@@ -35,6 +35,7 @@ pub struct Config {
     pub catalogue: Vec<RouteSpec>,
     pub runtime: Runtime,
     pub reload: Reload,
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +93,16 @@ pub struct Runtime {
 pub struct Reload {
     pub interval: Duration,
     pub debounce: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Requests in flight at once; beyond it, 503 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// Largest request body forwarded (bytes); `None` is unlimited.
+    pub max_request_body: Option<u64>,
+    /// Longest wait for the next body frame, in either direction.
+    pub body_idle_timeout: Duration,
 }
 
 /// A configuration error: which file, which key, which line, and what is wrong.

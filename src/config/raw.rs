@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     pub runtime: RawRuntime,
     #[serde(default)]
     pub reload: RawReload,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,4 +92,12 @@ pub(crate) struct RawRuntime {
 pub(crate) struct RawReload {
     pub interval: Option<Spanned<String>>,
     pub debounce: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_request_body: Option<Spanned<String>>,
+    pub body_idle_timeout: Option<Spanned<String>>,
 }

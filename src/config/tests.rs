@@ -134,3 +134,28 @@ fn permissions_file_is_relative_and_hashed() {
         "{e}"
     );
 }
+
+#[test]
+fn limits_and_sizes() {
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", MINIMAL)).unwrap();
+    assert_eq!(
+        (c.limits.max_in_flight, c.limits.max_request_body),
+        (1024, None)
+    );
+    let text = format!(
+        "{MINIMAL}\n[limits]\nmax_in_flight = 3\nmax_request_body = \"2MiB\"\nbody_idle_timeout = \"5s\"\n"
+    );
+    let c = Config::load(&write(&d, "s.toml", &text)).unwrap();
+    assert_eq!(
+        (c.limits.max_in_flight, c.limits.max_request_body),
+        (3, Some(2 << 20))
+    );
+    assert_eq!(c.limits.body_idle_timeout, Duration::from_secs(5));
+    let e = load_err(&format!(
+        "{MINIMAL}\n[limits]\nmax_request_body = \"2 parsecs\"\n"
+    ));
+    assert_eq!(e.key, "limits.max_request_body");
+    let e = load_err(&format!("{MINIMAL}\n[limits]\nmax_in_flight = 0\n"));
+    assert_eq!(e.key, "limits.max_in_flight");
+}

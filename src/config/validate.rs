@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
 use super::{
-    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Listener, Reload, Runtime,
-    Service, Upstream, line_of,
+    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Limits, Listener, Reload,
+    Runtime, Service, Upstream, line_of,
 };
 use crate::policy::{Pattern, RouteSpec};
 
@@ -222,6 +222,7 @@ pub(crate) fn validate(
             "200ms",
         )?,
     };
+    let limits = limits(ctx, &raw.limits)?;
     if reload.interval.is_zero() {
         return ctx.err(
             "reload.interval",
@@ -244,7 +245,74 @@ pub(crate) fn validate(
         catalogue,
         runtime,
         reload,
+        limits,
     })
+}
+
+fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limits, ConfigError> {
+    let max_in_flight = match raw.max_in_flight.as_ref() {
+        None => 1024,
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return ctx.err(
+                    "limits.max_in_flight",
+                    Some(v.span()),
+                    "must be a positive number",
+                );
+            }
+        },
+    };
+    let max_request_body = match raw.max_request_body.as_ref() {
+        None => None,
+        Some(v) => match parse_size(v.get_ref()) {
+            Some(n) => Some(n),
+            None => {
+                return ctx.err(
+                    "limits.max_request_body",
+                    Some(v.span()),
+                    format!("`{}` is not a size like \"10MiB\" or \"4096\"", v.get_ref()),
+                );
+            }
+        },
+    };
+    let body_idle_timeout = duration(
+        ctx,
+        "limits.body_idle_timeout",
+        raw.body_idle_timeout.as_ref(),
+        "120s",
+    )?;
+    if body_idle_timeout.is_zero() {
+        return ctx.err(
+            "limits.body_idle_timeout",
+            raw.body_idle_timeout.as_ref().map(Spanned::span),
+            "must be greater than zero",
+        );
+    }
+    Ok(Limits {
+        max_in_flight,
+        max_request_body,
+        body_idle_timeout,
+    })
+}
+
+/// `4096`, `512KiB`, `10MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 fn address(

@@ -20,6 +20,10 @@ pub enum ProxyError {
     MethodNotAllowed,
     UriTooLong,
     CredentialUnavailable,
+    /// `limits.max_in_flight` reached: shed load at once rather than queue.
+    Overloaded,
+    /// The request body exceeds `limits.max_request_body`.
+    PayloadTooLarge,
     Upstream(FailureKind),
     /// The upstream tried to switch protocols: never tunnelled.
     UpstreamUpgrade,
@@ -46,7 +50,8 @@ impl ProxyError {
             Self::RouteNotAllowed | Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
-            Self::CredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CredentialUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(kind) if kind.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) | Self::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
         }
@@ -61,6 +66,8 @@ impl ProxyError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong => "uri_too_long",
             Self::CredentialUnavailable => "credential_unavailable",
+            Self::Overloaded => "overloaded",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::Upstream(kind) if kind.is_timeout() => "upstream_timeout",
             Self::Upstream(_) | Self::UpstreamUpgrade => "upstream_unavailable",
         }
@@ -70,8 +77,14 @@ impl ProxyError {
     pub fn decision(&self) -> &'static str {
         match self {
             Self::RouteNotAllowed | Self::PermissionDenied(_) => "deny",
-            Self::InvalidRequest(_) | Self::MethodNotAllowed | Self::UriTooLong => "reject",
-            Self::CredentialUnavailable | Self::Upstream(_) | Self::UpstreamUpgrade => "error",
+            Self::InvalidRequest(_)
+            | Self::MethodNotAllowed
+            | Self::UriTooLong
+            | Self::PayloadTooLarge => "reject",
+            Self::CredentialUnavailable
+            | Self::Overloaded
+            | Self::Upstream(_)
+            | Self::UpstreamUpgrade => "error",
         }
     }
 
@@ -83,6 +96,8 @@ impl ProxyError {
             Self::MethodNotAllowed => "CONNECT and TRACE are never proxied".into(),
             Self::UriTooLong => "the request path or query is too long".into(),
             Self::CredentialUnavailable => "no valid API key is loaded; nothing was sent upstream".into(),
+            Self::Overloaded => "too many requests in flight; retry shortly".into(),
+            Self::PayloadTooLarge => "the request body is larger than this proxy accepts".into(),
             Self::Upstream(kind) if kind.is_timeout() => format!("the upstream did not answer in time ({})", kind.as_str()),
             Self::Upstream(kind) => format!("the upstream could not be reached ({})", kind.as_str()),
             Self::UpstreamUpgrade => "the upstream tried to switch protocols; upgrades are not proxied".into(),

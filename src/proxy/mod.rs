@@ -4,6 +4,7 @@
 //! `handle` is infallible: every failure inside `forward` is a typed [`ProxyError`] turned
 //! into a JSON response, so nothing on this path panics or leaks upstream error text.
 
+pub mod body;
 mod error;
 mod request_id;
 
@@ -23,9 +24,11 @@ use crate::inject;
 use crate::policy::Verdict;
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
+use crate::upstream::FailureKind;
+use body::{InFlightGuard, Watched};
 
-/// Response body: the upstream's, streamed, or one of ours.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
+pub type ProxyBody = Either<Watched<Incoming>, Full<Bytes>>;
 
 /// What the access log and metrics need to know about one request.
 struct Outcome {
@@ -49,7 +52,12 @@ pub async fn handle(
         path: None,
         upstream_status: None,
     };
-    let (mut resp, decision, error) = match forward(&snap, req, &request_id, &mut outcome).await {
+    let max = snap.config.limits.max_in_flight;
+    let result = match InFlightGuard::try_acquire(&shared.in_flight, max) {
+        Some(guard) => forward(&snap, req, &request_id, guard, &mut outcome).await,
+        None => Err(ProxyError::Overloaded),
+    };
+    let (mut resp, decision, error) = match result {
         Ok(resp) => (resp, "allow", None),
         Err(e) => (e.to_response(&request_id), e.decision(), Some(e)),
     };
@@ -74,6 +82,7 @@ async fn forward(
     snap: &Snapshot,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    guard: InFlightGuard,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -102,6 +111,16 @@ async fn forward(
         .credential
         .as_ref()
         .ok_or(ProxyError::CredentialUnavailable)?;
+    let limits = &snap.config.limits;
+    if let Some(max) = limits.max_request_body {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+    }
 
     // Forward exactly the canonical path that was matched, plus the raw query. Reuse the
     // inbound bytes when they already are canonical (no copy).
@@ -130,11 +149,20 @@ async fn forward(
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 
+    let body = Watched::new(
+        body,
+        limits.body_idle_timeout,
+        limits.max_request_body,
+        None,
+    );
     let mut resp = snap
         .upstream
         .send(Request::from_parts(parts, body))
         .await
-        .map_err(ProxyError::Upstream)?;
+        .map_err(|kind| match kind {
+            FailureKind::BodyTooLarge => ProxyError::PayloadTooLarge,
+            kind => ProxyError::Upstream(kind),
+        })?;
     out.upstream_status = Some(resp.status());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
@@ -143,7 +171,8 @@ async fn forward(
         metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "fingerprint" => credential.fingerprint().to_owned()).increment(1);
     }
     inject::strip_response(resp.headers_mut());
-    Ok(resp.map(Either::Left))
+    let idle = limits.body_idle_timeout;
+    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, None, Some(guard)))))
 }
 
 #[allow(clippy::too_many_arguments)]

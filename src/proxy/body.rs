@@ -1,0 +1,123 @@
+//! Body wrappers on the streaming path: an idle timeout between frames (long streams such as
+//! SSE have no total deadline, but a stalled one does not hold a connection forever), an
+//! optional size cap for request bodies, and the in-flight guard that is released only when
+//! the response body is done.
+//!
+//! The timer is created lazily, the first time the inner body is not ready, so a small body
+//! that arrives in one poll costs no timer at all.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+/// Errors the wrapper adds to the inner body's.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("no body data for {0:?}")]
+    Idle(Duration),
+    #[error("the request body is larger than the configured limit")]
+    TooLarge,
+    #[error(transparent)]
+    Inner(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Counts requests in flight; the count drops when the guard does.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlightGuard {
+    /// Takes a slot if fewer than `max` are taken.
+    pub fn try_acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let taken = counter.fetch_add(1, Ordering::AcqRel);
+        if taken >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(counter.clone()))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A body with an idle timeout, an optional byte limit and an optional guard.
+pub struct Watched<B> {
+    inner: B,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    remaining: Option<u64>,
+    _guard: Option<InFlightGuard>,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, idle: Duration, limit: Option<u64>, guard: Option<InFlightGuard>) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+            remaining: limit,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // Progress: the idle clock starts again at the next wait.
+                this.timer = None;
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
+                    None => return Poll::Ready(None),
+                };
+                if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    let n = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
+                    match left.checked_sub(n) {
+                        Some(l) => *left = l,
+                        None => return Poll::Ready(Some(Err(BodyError::TooLarge))),
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyError::Idle(idle))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
