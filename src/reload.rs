@@ -9,10 +9,12 @@
 //! a watcher that could not be created.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
@@ -54,9 +56,20 @@ pub fn compose(
 /// Runs until `stop` turns true.
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let (tx, mut events) = mpsc::channel::<()>(1);
+    let names: Arc<ArcSwap<Vec<OsString>>> = Arc::default();
+    let relevant = names.clone();
     let mut watcher = match notify::recommended_watcher(
         move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            let Ok(event) = res else { return };
+            // Only events about our files, or about kubelet's `..data` / `..<timestamp>`
+            // entries, count: a log file written into the same directory must not turn
+            // every log line into a reload (and every reload's log line into an event).
+            let names = relevant.load();
+            let ours =
+                event.paths.iter().filter_map(|p| p.file_name()).any(|n| {
+                    n.as_encoded_bytes().starts_with(b"..") || names.iter().any(|w| w == n)
+                });
+            if ours {
                 // A full channel already holds a pending reload: coalesce.
                 let _ = tx.try_send(());
             }
@@ -70,6 +83,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     let mut reloader = Reloader {
         shared,
+        names,
         watched: BTreeSet::new(),
         last_config_error: None,
         last_key_error: None,
@@ -103,6 +117,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 struct Reloader {
     shared: Arc<Shared>,
+    /// File names whose events trigger a reload (read by the watcher's thread).
+    names: Arc<ArcSwap<Vec<OsString>>>,
     watched: BTreeSet<PathBuf>,
     last_config_error: Option<String>,
     last_key_error: Option<String>,
@@ -112,8 +128,15 @@ impl Reloader {
     /// Watches the parent directory of every file the config depends on (again after a
     /// directory appears later or the config names new files).
     fn ensure_watches(&mut self, watcher: Option<&mut notify::RecommendedWatcher>) {
-        let Some(watcher) = watcher else { return };
         let files = self.shared.load().config.watched_files();
+        let names: Vec<OsString> = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
+        if **self.names.load() != names {
+            self.names.store(Arc::new(names));
+        }
+        let Some(watcher) = watcher else { return };
         for file in files {
             let dir = file
                 .parent()

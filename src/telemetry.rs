@@ -40,7 +40,15 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber (stdout; `RUST_LOG`, default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // notify traces every inotify event; with logs written into a watched directory that
+    // would feed itself. Keep it quiet unless asked for by name.
+    let spec = if spec.contains("notify") {
+        spec
+    } else {
+        format!("{spec},notify=info")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info,notify=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

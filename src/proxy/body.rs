@@ -9,7 +9,7 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -56,18 +56,39 @@ pub struct Watched<B> {
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     remaining: Option<u64>,
+    /// Set when `remaining` ran out: HTTP/2 reports our body error only as a stream reset,
+    /// so the caller learns why from this flag.
+    overflowed: Option<Arc<AtomicBool>>,
+    drop_trailers: bool,
     _guard: Option<InFlightGuard>,
 }
 
 impl<B> Watched<B> {
-    pub fn new(inner: B, idle: Duration, limit: Option<u64>, guard: Option<InFlightGuard>) -> Self {
+    pub fn new(inner: B, idle: Duration, guard: Option<InFlightGuard>) -> Self {
         Self {
             inner,
             idle,
             timer: None,
-            remaining: limit,
+            remaining: None,
+            overflowed: None,
+            drop_trailers: false,
             _guard: guard,
         }
+    }
+
+    /// Fails the body once more than `limit` bytes passed; the flag tells that it did.
+    pub fn limited(mut self, limit: u64) -> (Self, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.remaining = Some(limit);
+        self.overflowed = Some(flag.clone());
+        (self, flag)
+    }
+
+    /// Ends the body where trailers would start. Request trailers are dropped: they could
+    /// carry credential headers past the header strip (HTTP/2 forwards them unasked).
+    pub fn without_trailers(mut self) -> Self {
+        self.drop_trailers = true;
+        self
     }
 }
 
@@ -89,6 +110,9 @@ where
                 // Progress: the idle clock starts again at the next wait.
                 this.timer = None;
                 let frame = match frame {
+                    Some(Ok(f)) if f.is_trailers() && this.drop_trailers => {
+                        return Poll::Ready(None);
+                    }
                     Some(Ok(f)) => f,
                     Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
                     None => return Poll::Ready(None),
@@ -97,7 +121,12 @@ where
                     let n = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
                     match left.checked_sub(n) {
                         Some(l) => *left = l,
-                        None => return Poll::Ready(Some(Err(BodyError::TooLarge))),
+                        None => {
+                            if let Some(flag) = &this.overflowed {
+                                flag.store(true, Ordering::Release);
+                            }
+                            return Poll::Ready(Some(Err(BodyError::TooLarge)));
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -127,6 +127,11 @@ impl ProxyError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert("x-sidekey-error", HeaderValue::from_static(self.code()));
         h.insert("x-request-id", request_id.clone());
+        // After a malformed request the connection's framing is suspect: close it rather
+        // than read what follows as another request.
+        if matches!(self, Self::InvalidRequest(_) | Self::PayloadTooLarge) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -149,20 +149,22 @@ async fn forward(
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 
-    let body = Watched::new(
-        body,
-        limits.body_idle_timeout,
-        limits.max_request_body,
-        None,
-    );
-    let mut resp = snap
-        .upstream
-        .send(Request::from_parts(parts, body))
-        .await
-        .map_err(|kind| match kind {
-            FailureKind::BodyTooLarge => ProxyError::PayloadTooLarge,
-            kind => ProxyError::Upstream(kind),
-        })?;
+    let body = Watched::new(body, limits.body_idle_timeout, None).without_trailers();
+    let (body, overflowed) = match limits.max_request_body {
+        Some(max) => {
+            let (b, flag) = body.limited(max);
+            (b, Some(flag))
+        }
+        None => (body, None),
+    };
+    let sent = snap.upstream.send(Request::from_parts(parts, body)).await;
+    let too_large = overflowed.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
+    let mut resp = match sent {
+        Err(_) if too_large => return Err(ProxyError::PayloadTooLarge),
+        Err(FailureKind::BodyTooLarge) => return Err(ProxyError::PayloadTooLarge),
+        Err(kind) => return Err(ProxyError::Upstream(kind)),
+        Ok(resp) => resp,
+    };
     out.upstream_status = Some(resp.status());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
@@ -172,7 +174,7 @@ async fn forward(
     }
     inject::strip_response(resp.headers_mut());
     let idle = limits.body_idle_timeout;
-    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, None, Some(guard)))))
+    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)))))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,8 +6,11 @@
 
 mod support;
 
+mod adversarial;
 mod cli;
+mod confidentiality;
 mod faults;
+mod lifecycle;
 mod proxy;
 mod rotation;
 mod streaming;
