@@ -46,6 +46,7 @@ pub fn compose(
     });
     Ok(Snapshot {
         generation,
+        counters: crate::state::request_counters(&policy),
         policy: Arc::new(policy),
         upstream: Arc::new(upstream),
         credential,
@@ -220,6 +221,7 @@ impl Reloader {
                 generation: snap.generation + 1,
                 config,
                 policy: snap.policy.clone(),
+                counters: snap.counters.clone(),
                 upstream: snap.upstream.clone(),
                 credential,
             })

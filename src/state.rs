@@ -15,6 +15,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::secret::Credential;
+use crate::telemetry::RequestCounters;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, consistent with itself.
@@ -27,6 +28,20 @@ pub struct Snapshot {
     pub upstream: Arc<Upstream>,
     /// `None` while no valid key has ever been loaded: fail closed.
     pub credential: Option<Arc<Credential>>,
+    /// Request counters by `Policy::permissions()` index; the last is `permission="none"`.
+    pub counters: Arc<[RequestCounters]>,
+}
+
+/// One counter table per catalogue permission, plus one for requests no route matched.
+pub fn request_counters(policy: &Policy) -> Arc<[RequestCounters]> {
+    let none: Arc<str> = Arc::from("none");
+    policy
+        .permissions()
+        .iter()
+        .cloned()
+        .chain(std::iter::once(none))
+        .map(RequestCounters::new)
+        .collect()
 }
 
 /// Process-wide state shared by listeners, admin and the reload task.

@@ -2,7 +2,10 @@
 //! them). Labels are bounded: permission, decision, status code, error code, failure kind,
 //! reload result, key fingerprint. Never raw paths, hosts or header values.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -102,4 +105,52 @@ fn describe() {
     );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
+}
+
+/// `decision` label values, in table order.
+pub const DECISIONS: [&str; 4] = ["allow", "deny", "reject", "error"];
+
+/// Status codes with a cached counter; others take the registry lookup.
+const STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 409, 413, 414, 422, 429, 431,
+    500, 502, 503, 504, 101,
+];
+
+/// `sidekey_requests_total` handles for one permission label, registered on first use and
+/// then reached without a registry lookup (no hashing, no lock on the request path).
+#[derive(Debug)]
+pub struct RequestCounters {
+    permission: Arc<str>,
+    slots: Box<[OnceLock<Counter>]>,
+}
+
+impl RequestCounters {
+    pub fn new(permission: Arc<str>) -> Self {
+        let slots = (0..DECISIONS.len() * STATUSES.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        Self { permission, slots }
+    }
+
+    pub fn increment(&self, decision: usize, status: StatusCode) {
+        let status_slot = STATUSES.iter().position(|s| *s == status.as_u16());
+        let slot = status_slot.and_then(|s| self.slots.get(decision * STATUSES.len() + s));
+        match slot {
+            Some(cell) => cell
+                .get_or_init(|| self.register(decision, status))
+                .increment(1),
+            None => self.register(decision, status).increment(1),
+        }
+    }
+
+    fn register(&self, decision: usize, status: StatusCode) -> Counter {
+        let decision = DECISIONS.get(decision).copied().unwrap_or("error");
+        metrics::counter!(REQUESTS_TOTAL, "permission" => self.permission.to_string(), "decision" => decision, "status" => status.as_str().to_owned())
+    }
+}
+
+/// The request-duration histogram handle (no labels), looked up once.
+pub fn request_duration() -> &'static Histogram {
+    static H: OnceLock<Histogram> = OnceLock::new();
+    H.get_or_init(|| metrics::histogram!(REQUEST_DURATION))
 }

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-use crate::config;
+use crate::config::{self, Protocol};
 use crate::proxy::body::{BodyError, Watched};
 
 /// What the client sends: the caller's body, watched for idleness and size.
@@ -92,18 +92,16 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
         let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
-        let https = if cfg.allow_plaintext {
-            builder
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
+        let builder = if cfg.allow_plaintext {
+            builder.https_or_http()
         } else {
-            builder
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http)
+            builder.https_only()
+        };
+        // The connector sets ALPN from what is enabled here.
+        let https = match cfg.protocol {
+            Protocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+            Protocol::Http1 => builder.enable_http1().wrap_connector(http),
+            Protocol::Http2 => builder.enable_http2().wrap_connector(http),
         };
         let connector = TimeoutConnector {
             inner: https,
@@ -113,6 +111,7 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
+            .http2_only(cfg.protocol == Protocol::Http2)
             .build(connector);
         Ok(Self {
             client,

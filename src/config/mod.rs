@@ -60,7 +60,17 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    pub protocol: Protocol,
     pub allow_plaintext: bool,
+}
+
+/// HTTP version(s) offered to the upstream (ALPN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 when the upstream offers it, else HTTP/1.1.
+    Auto,
+    Http1,
+    Http2,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,6 +47,7 @@ pub(crate) struct RawUpstream {
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_plaintext_upstream: bool,
 }

@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
 use super::{
-    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Limits, Listener, Reload,
-    Runtime, Service, Upstream, line_of,
+    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Limits, Listener, Protocol,
+    Reload, Runtime, Service, Upstream, line_of,
 };
 use crate::policy::{Pattern, RouteSpec};
 
@@ -415,7 +415,20 @@ fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, Conf
         }
         None => Vec::new(),
     };
+    let protocol = match up.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("auto") => Protocol::Auto,
+        Some("http1") => Protocol::Http1,
+        Some("http2") => Protocol::Http2,
+        Some(other) => {
+            return ctx.err(
+                "upstream.protocol",
+                up.protocol.as_ref().map(Spanned::span),
+                format!("`{other}` is not one of auto, http1, http2"),
+            );
+        }
+    };
     Ok(Upstream {
+        protocol,
         url: url.clone(),
         scheme,
         authority,

@@ -27,6 +27,8 @@ pub struct Route {
     pub pattern: Arc<str>,
     /// Whether the service's `allow` list grants `permission`.
     pub granted: bool,
+    /// Position of `permission` in [`Policy::permissions`] (for per-permission tables).
+    pub permission_index: usize,
 }
 
 /// A catalogue entry handed to [`Policy::new`].
@@ -42,23 +44,24 @@ pub struct RouteSpec {
 pub struct Policy {
     routes: Vec<Route>,
     trie: Trie,
+    permissions: Vec<Arc<str>>,
 }
 
 /// The outcome of screening and matching one request.
 #[derive(Debug)]
-pub enum Verdict<'a> {
+pub enum Verdict<'p, 'u> {
     /// Forward `path` (canonical) plus the raw query; `route` is what allowed it.
     Allow {
-        route: &'a Route,
-        path: Cow<'a, str>,
+        route: &'p Route,
+        path: Cow<'u, str>,
     },
     /// A catalogue route matched, but its permission is not granted.
     PermissionDenied {
-        route: &'a Route,
-        path: Cow<'a, str>,
+        route: &'p Route,
+        path: Cow<'u, str>,
     },
     /// No catalogue route matches method + path.
-    NoRoute { path: Cow<'a, str> },
+    NoRoute { path: Cow<'u, str> },
     /// The method is never proxied (CONNECT, TRACE).
     MethodNotAllowed,
     /// The request target is ambiguous or malformed.
@@ -70,17 +73,35 @@ impl Policy {
     pub fn new(specs: Vec<RouteSpec>, granted: impl Fn(&str) -> bool) -> Self {
         let mut trie = Trie::default();
         let mut routes = Vec::with_capacity(specs.len());
+        let mut permissions: Vec<Arc<str>> = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             // Route counts come from a config file; u32 is far beyond any real catalogue.
             let id = RouteId::try_from(i).unwrap_or(RouteId::MAX);
             trie.insert(&spec.pattern, id);
+            let permission_index = match permissions.iter().position(|p| *p == spec.permission) {
+                Some(i) => i,
+                None => {
+                    permissions.push(spec.permission.clone());
+                    permissions.len() - 1
+                }
+            };
             routes.push(Route {
                 granted: granted(&spec.permission),
                 permission: spec.permission,
                 pattern: spec.text,
+                permission_index,
             });
         }
-        Self { routes, trie }
+        Self {
+            routes,
+            trie,
+            permissions,
+        }
+    }
+
+    /// Distinct permission names of the catalogue, in first-seen order.
+    pub fn permissions(&self) -> &[Arc<str>] {
+        &self.permissions
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -94,7 +115,7 @@ impl Policy {
     }
 
     /// The full decision for one request, exactly as the proxy makes it.
-    pub fn evaluate<'a>(&'a self, method: &Method, uri: &'a Uri) -> Verdict<'a> {
+    pub fn evaluate<'p, 'u>(&'p self, method: &Method, uri: &'u Uri) -> Verdict<'p, 'u> {
         // CONNECT would open a tunnel and TRACE would echo headers back: never proxied.
         if method == Method::CONNECT || method == Method::TRACE {
             return Verdict::MethodNotAllowed;
@@ -122,3 +143,6 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -27,7 +27,7 @@ struct Case {
     want: Want,
 }
 
-fn verdict(v: Verdict<'_>) -> Want {
+fn verdict(v: Verdict<'_, '_>) -> Want {
     // Leak the strings: this is test-only and keeps the table comparable.
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     match v {

@@ -31,7 +31,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The error a policy verdict turns into (`None`: allowed). `run` and `explain` share it.
-    pub fn from_verdict(verdict: &Verdict<'_>) -> Option<Self> {
+    pub fn from_verdict(verdict: &Verdict<'_, '_>) -> Option<Self> {
         match verdict {
             Verdict::Allow { .. } => None,
             Verdict::PermissionDenied { route, .. } => {
