@@ -68,6 +68,12 @@ pub enum Verdict<'p, 'u> {
     Rejected(PathError),
 }
 
+impl Verdict<'_, '_> {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
 impl Policy {
     /// Compiles routes; `granted` says which permissions the service holds.
     pub fn new(specs: Vec<RouteSpec>, granted: impl Fn(&str) -> bool) -> Self {

@@ -1,0 +1,81 @@
+//! Micro-benchmarks of the per-request work: path canonicalisation, `decide` over 10, 100
+//! and 1000 routes, header strip + inject, and the snapshot load. End-to-end throughput and
+//! latency come from `benches/peers.sh` (the peer harness), not from here.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use sidekey::policy::canon::canonicalize;
+use sidekey::policy::{Pattern, Policy, RouteSpec};
+use sidekey::secret::{Credential, Source};
+
+fn catalogue(n: usize) -> Policy {
+    let specs = (0..n)
+        .map(|i| {
+            let text = match i % 4 {
+                0 => format!("GET /v1/res{i}/{{id}}"),
+                1 => format!("POST /v1/res{i}"),
+                2 => format!("GET /v1/res{i}/{{id}}/items/{{*rest}}"),
+                _ => format!("DELETE /v1/res{i}/{{id}}"),
+            };
+            RouteSpec {
+                permission: format!("perm{}", i % 6).into(),
+                pattern: Pattern::parse(&text).expect("pattern"),
+                text: text.into(),
+            }
+        })
+        .collect();
+    Policy::new(specs, |p| p != "perm5")
+}
+
+fn bench_canonicalize(c: &mut Criterion) {
+    let mut g = c.benchmark_group("canonicalize");
+    g.bench_function("clean", |b| b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_123/files/a.txt"))));
+    g.bench_function("escaped", |b| b.iter(|| canonicalize(black_box("/v1/%73andboxes/sb_123/caf%c3%a9%20x"))));
+    g.bench_function("rejected", |b| b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_1/%2e%2e/x"))));
+    g.finish();
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide");
+    for n in [10, 100, 1000] {
+        let policy = catalogue(n);
+        // The last routes of the catalogue: a linear matcher would scan everything.
+        let last = n - 2;
+        let uri: Uri = format!("/v1/res{last}/abc/items/x/y").parse().expect("uri");
+        let miss: Uri = "/v1/nothing/here".parse().expect("uri");
+        g.bench_function(format!("{n}_routes_hit"), |b| b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&uri))).is_allowed()));
+        g.bench_function(format!("{n}_routes_miss"), |b| b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&miss))).is_allowed()));
+    }
+    g.finish();
+}
+
+fn bench_inject(c: &mut Criterion) {
+    let credential = Credential::new(http::header::AUTHORIZATION, "Bearer ", b"sk_live_0123456789abcdef", Source::File).expect("key");
+    let mut base = HeaderMap::new();
+    base.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+    base.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    base.insert("accept", HeaderValue::from_static("*/*"));
+    base.insert("authorization", HeaderValue::from_static("Bearer caller"));
+    c.bench_function("inject/strip_and_inject", |b| {
+        b.iter_batched_ref(|| base.clone(), |h| sidekey::inject::apply(h, &credential), criterion::BatchSize::SmallInput)
+    });
+}
+
+fn bench_snapshot(c: &mut Criterion) {
+    // The real thing: a config from disk, composed and published as the proxy does.
+    let dir = std::env::temp_dir().join(format!("sidekey-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("sidekey.toml");
+    let text = "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nenv = \"SIDEKEY_BENCH_KEY\"\n[service]\nname = \"b\"\nallow = [\"p\"]\n[permissions]\np = [\"GET /v1/x\"]\n";
+    std::fs::write(&cfg, text).expect("write");
+    let config = std::sync::Arc::new(sidekey::config::Config::load(&cfg).expect("config"));
+    let snapshot = sidekey::reload::compose(config, None, 1).expect("compose");
+    let shared = sidekey::state::Shared::new(snapshot);
+    c.bench_function("snapshot/load", |b| b.iter(|| black_box(shared.load())));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench_canonicalize, bench_decide, bench_inject, bench_snapshot);
+criterion_main!(benches);
