@@ -31,9 +31,15 @@ fn catalogue(n: usize) -> Policy {
 
 fn bench_canonicalize(c: &mut Criterion) {
     let mut g = c.benchmark_group("canonicalize");
-    g.bench_function("clean", |b| b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_123/files/a.txt"))));
-    g.bench_function("escaped", |b| b.iter(|| canonicalize(black_box("/v1/%73andboxes/sb_123/caf%c3%a9%20x"))));
-    g.bench_function("rejected", |b| b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_1/%2e%2e/x"))));
+    g.bench_function("clean", |b| {
+        b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_123/files/a.txt")))
+    });
+    g.bench_function("escaped", |b| {
+        b.iter(|| canonicalize(black_box("/v1/%73andboxes/sb_123/caf%c3%a9%20x")))
+    });
+    g.bench_function("rejected", |b| {
+        b.iter(|| canonicalize(black_box("/v1/sandboxes/sb_1/%2e%2e/x")))
+    });
     g.finish();
 }
 
@@ -45,21 +51,35 @@ fn bench_decide(c: &mut Criterion) {
         let last = n - 2;
         let uri: Uri = format!("/v1/res{last}/abc/items/x/y").parse().expect("uri");
         let miss: Uri = "/v1/nothing/here".parse().expect("uri");
-        g.bench_function(format!("{n}_routes_hit"), |b| b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&uri))).is_allowed()));
-        g.bench_function(format!("{n}_routes_miss"), |b| b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&miss))).is_allowed()));
+        g.bench_function(format!("{n}_routes_hit"), |b| {
+            b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&uri))).is_allowed())
+        });
+        g.bench_function(format!("{n}_routes_miss"), |b| {
+            b.iter(|| black_box(policy.evaluate(&Method::GET, black_box(&miss))).is_allowed())
+        });
     }
     g.finish();
 }
 
 fn bench_inject(c: &mut Criterion) {
-    let credential = Credential::new(http::header::AUTHORIZATION, "Bearer ", b"sk_live_0123456789abcdef", Source::File).expect("key");
+    let credential = Credential::new(
+        http::header::AUTHORIZATION,
+        "Bearer ",
+        b"sk_live_0123456789abcdef",
+        Source::File,
+    )
+    .expect("key");
     let mut base = HeaderMap::new();
     base.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
     base.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     base.insert("accept", HeaderValue::from_static("*/*"));
     base.insert("authorization", HeaderValue::from_static("Bearer caller"));
     c.bench_function("inject/strip_and_inject", |b| {
-        b.iter_batched_ref(|| base.clone(), |h| sidekey::inject::apply(h, &credential), criterion::BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || base.clone(),
+            |h| sidekey::inject::apply(h, &credential),
+            criterion::BatchSize::SmallInput,
+        )
     });
 }
 
@@ -77,5 +97,11 @@ fn bench_snapshot(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, bench_canonicalize, bench_decide, bench_inject, bench_snapshot);
+criterion_group!(
+    benches,
+    bench_canonicalize,
+    bench_decide,
+    bench_inject,
+    bench_snapshot
+);
 criterion_main!(benches);

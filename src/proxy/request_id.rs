@@ -27,7 +27,13 @@ fn mint() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let h = STATE.get_or_init(Default::default).hash_one(n);
-    HeaderValue::from_str(&format!("{h:016x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Hex by hand into a stack buffer: no `format!` allocation per request.
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nibble = (h >> (60 - 4 * i)) & 0xF;
+        *b = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
