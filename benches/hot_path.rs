@@ -2,6 +2,9 @@
 //! and 1000 routes, header strip + inject, and the snapshot load. End-to-end throughput and
 //! latency come from `benches/peers.sh` (the peer harness), not from here.
 
+// Benchmark set-up is test code: a broken fixture should stop the run loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
