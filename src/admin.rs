@@ -45,12 +45,13 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
             &serde_json::json!({
                 "status": "ready",
                 "service": &*snap.config.service.name,
+                "mode": snap.config.service.mode.as_str(),
                 "generation": snap.generation,
             }),
         ),
         Err(reason) => json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not_ready", "reason": reason, "generation": snap.generation}),
+            &serde_json::json!({"status": "not_ready", "reason": reason, "generation": snap.generation, "mode": snap.config.service.mode.as_str()}),
         ),
     }
 }
@@ -64,6 +65,7 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
             "loaded_at": humantime::format_rfc3339_seconds(c.loaded_at()).to_string(),
             "generation": snap.generation,
             "last_error": shared.credential_error().as_deref(),
+            "mode": snap.config.service.mode.as_str(),
         }),
         None => serde_json::json!({
             "fingerprint": null,
@@ -71,6 +73,7 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
             "loaded_at": null,
             "generation": snap.generation,
             "last_error": shared.credential_error().as_deref(),
+            "mode": snap.config.service.mode.as_str(),
         }),
     };
     let status = if snap.credential.is_some() {

@@ -6,32 +6,137 @@ use std::path::Path;
 
 use http::{Method, Uri};
 
-use crate::config::{Config, CredentialSource};
-use crate::policy::Verdict;
+use crate::config::{Config, CredentialSource, Expect, Mode, PolicyTest};
+use crate::policy::{Policy, Verdict};
 use crate::proxy::ProxyError;
 use crate::secret::Credential;
 
 /// Exit code for a bad config (BSD `EX_USAGE`, as linkerd uses).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
-/// Validates the config and prints the effective table. 0 ok, 64 bad.
-pub fn check(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+/// How `check` reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckOptions {
+    /// Lints become errors (exit 1).
+    pub strict: bool,
+    /// Machine-readable output.
+    pub json: bool,
+}
+
+/// The decision class of a verdict, as `[[test]] expect` names it.
+pub fn decision_of(policy: &Policy, method: &str, target: &str) -> Expect {
+    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), target.parse::<Uri>())
+    else {
+        return Expect::Reject;
+    };
+    match policy.evaluate(&method, &uri) {
+        Verdict::Allow { .. } => Expect::Allow,
+        Verdict::PermissionDenied { .. } | Verdict::NoRoute { .. } => Expect::Deny,
+        Verdict::MethodNotAllowed | Verdict::Rejected(_) => Expect::Reject,
+    }
+}
+
+fn compile(config: &Config) -> Policy {
+    let allow = &config.service.allow;
+    Policy::new(config.catalogue.clone(), |p| {
+        allow.iter().any(|a| **a == *p)
+    })
+}
+
+/// Validates the config, prints the effective table, runs lints and `[[test]]`
+/// expectations. 0 ok, 1 failing tests (or lints with `--strict`), 64 bad config.
+pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(err, "error: {e}");
+            if opts.json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
+            } else {
+                let _ = writeln!(err, "error: {e}");
+            }
             return EXIT_BAD_CONFIG;
         }
     };
-    let _ = print_table(&config, out);
-    // The key is a runtime input (it may be mounted later), so its absence is a note here.
-    if let Err(e) = Credential::load(&config.credential) {
-        let _ = writeln!(
-            out,
-            "note: no valid API key right now ({e}); `run` would start not ready"
-        );
+    let policy = compile(&config);
+    let lints = crate::policy::lint::lint(&policy, &config.catalogue, &config.service.allow);
+    let results: Vec<(&PolicyTest, Expect)> = config
+        .tests
+        .iter()
+        .map(|t| (t, decision_of(&policy, &t.method, &t.target)))
+        .collect();
+    let failed = results.iter().filter(|(t, got)| t.expect != *got).count();
+    let key_note = Credential::load(&config.credential)
+        .err()
+        .map(|e| e.to_string());
+    let lints_fail = opts.strict && !lints.is_empty();
+    let ok = failed == 0 && !lints_fail;
+    if opts.json {
+        let grants: serde_json::Map<String, serde_json::Value> = config
+            .service
+            .allow
+            .iter()
+            .map(|p| {
+                let routes: Vec<&str> = config
+                    .catalogue
+                    .iter()
+                    .filter(|r| r.permission == *p)
+                    .map(|r| &*r.text)
+                    .collect();
+                (p.to_string(), serde_json::json!(routes))
+            })
+            .collect();
+        let body = serde_json::json!({
+            "ok": ok,
+            "config": config.path.display().to_string(),
+            "service": &*config.service.name,
+            "mode": config.service.mode.as_str(),
+            "grants": grants,
+            "lints": lints.iter().map(|l| serde_json::json!({"kind": l.kind, "message": l.message})).collect::<Vec<_>>(),
+            "tests": results.iter().map(|(t, got)| serde_json::json!({
+                "request": t.request, "line": t.line, "expect": t.expect.as_str(), "got": got.as_str(), "pass": t.expect == *got,
+            })).collect::<Vec<_>>(),
+            "credential_note": key_note,
+        });
+        let _ = writeln!(out, "{body}");
+    } else {
+        let _ = print_table(&config, out);
+        for l in &lints {
+            let level = if opts.strict { "error" } else { "warning" };
+            let _ = writeln!(out, "{level}: {}: {}", l.kind, l.message);
+        }
+        for (t, got) in &results {
+            if t.expect != *got {
+                let _ = writeln!(
+                    out,
+                    "FAIL {}:{}: `{}` expected {}, got {}",
+                    config.path.display(),
+                    t.line,
+                    t.request,
+                    t.expect.as_str(),
+                    got.as_str()
+                );
+            }
+        }
+        if !results.is_empty() {
+            let _ = writeln!(
+                out,
+                "tests: {} passed, {failed} failed",
+                results.len() - failed
+            );
+        }
+        // The key is a runtime input (it may be mounted later), so its absence is a note here.
+        if let Some(note) = key_note {
+            let _ = writeln!(
+                out,
+                "note: no valid API key right now ({note}); `run` would start not ready"
+            );
+        }
     }
-    0
+    i32::from(!ok)
 }
 
 fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
@@ -50,7 +155,12 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         "upstream {}  credential {credential} -> header `{}`",
         config.upstream.url, config.credential.header
     )?;
-    writeln!(out, "service {}", config.service.name)?;
+    writeln!(
+        out,
+        "service {} (mode {})",
+        config.service.name,
+        config.service.mode.as_str()
+    )?;
     for perm in &config.service.allow {
         writeln!(out, "  {perm}")?;
         for route in config.catalogue.iter().filter(|r| r.permission == *perm) {
@@ -152,5 +262,16 @@ pub fn explain(
         ),
         (_, None) => writeln!(out, "internal: a refusal without an error"),
     };
+    if config.service.mode == Mode::Report
+        && matches!(
+            verdict,
+            Verdict::PermissionDenied { .. } | Verdict::NoRoute { .. }
+        )
+    {
+        let _ = writeln!(
+            out,
+            "  report mode: `run` forwards this request and logs it as would_deny"
+        );
+    }
     i32::from(!matches!(verdict, Verdict::Allow { .. }))
 }

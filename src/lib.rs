@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod init;
 pub mod inject;
 pub mod mock;
 pub mod pki;
@@ -23,6 +24,7 @@ pub mod reload;
 pub mod secret;
 pub mod serve;
 pub mod state;
+pub mod suggest;
 pub mod telemetry;
 pub mod upstream;
 
@@ -64,6 +66,12 @@ impl App {
     /// snapshot and binds both listeners.
     pub async fn bind(config: Config) -> Result<Self, AppError> {
         telemetry::metrics();
+        if config.service.mode == config::Mode::Report {
+            tracing::warn!(
+                service = &*config.service.name,
+                "report mode: NOT enforcing the allow-list; requests it would deny are forwarded and logged as would_deny"
+            );
+        }
         if config.upstream.allow_plaintext {
             tracing::warn!(url = %config.upstream.url, "allow_plaintext_upstream is on: the key may cross the network unencrypted (tests only)");
         }

@@ -31,6 +31,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve until SIGTERM or SIGINT.
@@ -44,11 +50,33 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Validate the config and print the effective allow-list.
-    #[command(after_help = "Example:\n  sidekey check --config config/sidekey.example.toml")]
+    /// Validate the config, print the effective allow-list, run lints and [[test]] expectations.
+    #[command(
+        after_help = "Example:\n  sidekey check --config config/sidekey.example.toml --strict"
+    )]
     Check {
         #[arg(long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
+        /// Treat lints as errors (exit 1).
+        #[arg(long)]
+        strict: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Print the minimal `allow = [...]` that covers the requests in an access log.
+    #[command(
+        after_help = "Example:\n  sidekey suggest --config sidekey.toml --access-log access.jsonl --since 24h"
+    )]
+    Suggest {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        /// sidekey's JSON access log (`-` for stdin).
+        #[arg(long)]
+        access_log: PathBuf,
+        /// Only requests newer than this (e.g. 24h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Print the decision `run` would make for one request.
     #[command(
@@ -60,6 +88,25 @@ enum Command {
         method: String,
         target: String,
     },
+    /// Write a ready config (with the bundled Banata catalogue) for a developer machine.
+    #[command(
+        after_help = "Example:\n  sidekey init --service my-laptop --allow sandbox_sessions:create,sandbox_sessions:read"
+    )]
+    Init {
+        #[arg(long)]
+        service: String,
+        /// Permissions to grant, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        allow: Vec<String>,
+        #[arg(long, default_value = "https://api.boxes.banata.dev")]
+        upstream: String,
+        /// Key file (default: <dir>/api-key).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Directory to write into (default: ~/.config/sidekey).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run a mock Banata API and sidekey in front of it, on loopback, with curl examples.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
@@ -68,9 +115,33 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check { config } => {
-            sidekey::cli::check(&config, &mut std::io::stdout(), &mut std::io::stderr())
+        Command::Check {
+            config,
+            strict,
+            format,
+        } => {
+            let opts = sidekey::cli::CheckOptions {
+                strict,
+                json: format == OutputFormat::Json,
+            };
+            sidekey::cli::check(
+                &config,
+                opts,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
         }
+        Command::Suggest {
+            config,
+            access_log,
+            since,
+        } => sidekey::suggest::run(
+            &config,
+            &access_log,
+            since,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
         Command::Explain {
             config,
             method,
@@ -83,6 +154,22 @@ fn main() -> ExitCode {
             &mut std::io::stderr(),
         ),
         Command::Run { config, workers } => run(&config, workers, cli.log_format),
+        Command::Init {
+            service,
+            allow,
+            upstream,
+            key_file,
+            dir,
+        } => {
+            let opts = sidekey::init::InitOptions {
+                service,
+                allow,
+                upstream,
+                key_file,
+                dir: dir.unwrap_or_else(sidekey::init::default_dir),
+            };
+            sidekey::init::run(&opts, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Demo => demo(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

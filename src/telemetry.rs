@@ -10,7 +10,8 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Proxied requests: `permission`, `decision` (allow, deny, reject, error), `status`.
+/// Proxied requests: `permission`, `decision` (allow, deny, reject, error, would_deny),
+/// `status`.
 pub const REQUESTS_TOTAL: &str = "sidekey_requests_total";
 /// Time from request arrival to response headers, seconds.
 pub const REQUEST_DURATION: &str = "sidekey_request_duration_seconds";
@@ -108,7 +109,7 @@ fn describe() {
 }
 
 /// `decision` label values, in table order.
-pub const DECISIONS: [&str; 4] = ["allow", "deny", "reject", "error"];
+pub const DECISIONS: [&str; 5] = ["allow", "deny", "reject", "error", "would_deny"];
 
 /// Status codes with a cached counter; others take the registry lookup.
 const STATUSES: [u16; 24] = [

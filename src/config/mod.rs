@@ -36,6 +36,54 @@ pub struct Config {
     pub runtime: Runtime,
     pub reload: Reload,
     pub limits: Limits,
+    /// `[[test]]` expectations, run by `sidekey check`.
+    pub tests: Vec<PolicyTest>,
+}
+
+/// One expected decision: `request = "METHOD TARGET"`, `expect = "allow|deny|reject"`.
+#[derive(Clone, Debug)]
+pub struct PolicyTest {
+    pub request: String,
+    pub method: String,
+    pub target: String,
+    pub expect: Expect,
+    pub line: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Allow,
+    Deny,
+    Reject,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Reject => "reject",
+        }
+    }
+}
+
+/// Whether denials are enforced or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Requests the allow-list would deny are forwarded and logged as `would_deny`
+    /// (ambiguous paths are still rejected).
+    Report,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Report => "report",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +138,7 @@ pub struct CredentialConfig {
 pub struct Service {
     pub name: Arc<str>,
     pub allow: Vec<Arc<str>>,
+    pub mode: Mode,
 }
 
 #[derive(Clone, Debug)]

@@ -24,6 +24,16 @@ pub(crate) struct RawConfig {
     pub reload: RawReload,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Expected decisions that `sidekey check` runs (`[[test]]`).
+    #[serde(default)]
+    pub test: Vec<RawTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTest {
+    pub request: Spanned<String>,
+    pub expect: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +78,8 @@ pub(crate) struct RawService {
     pub allow: Spanned<Vec<Spanned<String>>>,
     /// Also accepted here: in the documented layout the key follows `[service]`'s keys.
     pub permissions_file: Option<Spanned<String>>,
+    /// `enforce` (default) or `report`.
+    pub mode: Option<Spanned<String>>,
 }
 
 /// permission name -> route patterns.

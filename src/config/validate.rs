@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
 use super::{
-    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Limits, Listener, Protocol,
-    Reload, Runtime, Service, Upstream, line_of,
+    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Expect, Limits, Listener, Mode,
+    PolicyTest, Protocol, Reload, Runtime, Service, Upstream, line_of,
 };
 use crate::policy::{Pattern, RouteSpec};
 
@@ -223,6 +223,48 @@ pub(crate) fn validate(
         )?,
     };
     let limits = limits(ctx, &raw.limits)?;
+    let mode = match svc.mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("enforce") => Mode::Enforce,
+        Some("report") => Mode::Report,
+        Some(other) => {
+            return ctx.err(
+                "service.mode",
+                svc.mode.as_ref().map(Spanned::span),
+                format!("`{other}` is not one of enforce, report"),
+            );
+        }
+    };
+    let mut tests = Vec::with_capacity(raw.test.len());
+    for (i, t) in raw.test.iter().enumerate() {
+        let key = format!("test[{i}]");
+        let mut parts = t.request.get_ref().split_ascii_whitespace();
+        let (Some(method), Some(target), None) = (parts.next(), parts.next(), parts.next()) else {
+            return ctx.err(
+                &format!("{key}.request"),
+                Some(t.request.span()),
+                "expected \"METHOD /target\"",
+            );
+        };
+        let expect = match t.expect.get_ref().as_str() {
+            "allow" => Expect::Allow,
+            "deny" => Expect::Deny,
+            "reject" => Expect::Reject,
+            other => {
+                return ctx.err(
+                    &format!("{key}.expect"),
+                    Some(t.expect.span()),
+                    format!("`{other}` is not one of allow, deny, reject"),
+                );
+            }
+        };
+        tests.push(PolicyTest {
+            request: t.request.get_ref().clone(),
+            method: method.to_owned(),
+            target: target.to_owned(),
+            expect,
+            line: line_of(ctx.text, t.request.span().start),
+        });
+    }
     if reload.interval.is_zero() {
         return ctx.err(
             "reload.interval",
@@ -241,11 +283,13 @@ pub(crate) fn validate(
         service: Service {
             name: name.into(),
             allow,
+            mode,
         },
         catalogue,
         runtime,
         reload,
         limits,
+        tests,
     })
 }
 

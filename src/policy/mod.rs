@@ -7,6 +7,7 @@
 //! trie walk plus one boolean.
 
 pub mod canon;
+pub mod lint;
 pub mod route;
 
 use std::borrow::Cow;

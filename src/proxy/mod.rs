@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 pub use error::ProxyError;
 
+use crate::config::Mode;
 use crate::inject;
 use crate::policy::{Route, Verdict};
 use crate::state::{Shared, Snapshot};
@@ -33,6 +34,8 @@ pub type ProxyBody = Either<Watched<Incoming>, Full<Bytes>>;
 /// What the access log and metrics need to know about one request.
 struct Outcome<'s> {
     route: Option<&'s Route>,
+    /// Report mode forwarded a request that enforcement would deny.
+    would_deny: bool,
     path: Option<PathAndQuery>,
     upstream_status: Option<StatusCode>,
 }
@@ -49,6 +52,7 @@ pub async fn handle(
     let method = req.method().clone();
     let mut outcome = Outcome {
         route: None,
+        would_deny: false,
         path: None,
         upstream_status: None,
     };
@@ -58,6 +62,7 @@ pub async fn handle(
         None => Err(ProxyError::Overloaded),
     };
     let (mut resp, decision, error) = match result {
+        Ok(resp) if outcome.would_deny => (resp, "would_deny", None),
         Ok(resp) => (resp, "allow", None),
         Err(e) => (e.to_response(&request_id), e.decision(), Some(e)),
     };
@@ -95,15 +100,24 @@ async fn forward<'s>(
         _ => None,
     };
     out.route = route;
-    if let Some(refusal) = ProxyError::from_verdict(&verdict) {
-        // Log the canonical path of a denied request (a rejected one has none).
-        if let Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path } = verdict {
-            out.path = PathAndQuery::try_from(path.into_owned()).ok();
+    let path = match (ProxyError::from_verdict(&verdict), verdict) {
+        (None, Verdict::Allow { path, .. }) => path,
+        // Report mode: what enforcement would deny is forwarded and logged as would_deny.
+        // Ambiguous or malformed targets are never forwarded, in any mode.
+        (
+            Some(ProxyError::PermissionDenied(_) | ProxyError::RouteNotAllowed),
+            Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path },
+        ) if snap.config.service.mode == Mode::Report => {
+            out.would_deny = true;
+            path
         }
-        return Err(refusal);
-    }
-    let Verdict::Allow { path, .. } = verdict else {
-        return Err(ProxyError::RouteNotAllowed);
+        (refusal, verdict) => {
+            // Log the canonical path of a denied request (a rejected one has none).
+            if let Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path } = verdict {
+                out.path = PathAndQuery::try_from(path.into_owned()).ok();
+            }
+            return Err(refusal.unwrap_or(ProxyError::RouteNotAllowed));
+        }
     };
     inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
     // Fail closed: no key, nothing sent.
@@ -217,6 +231,7 @@ fn record(
         method = method.as_str(),
         path = out.path.as_ref().map(PathAndQuery::path),
         permission = out.route.map(|r| &*r.permission),
+        missing_permission = out.route.filter(|r| out.would_deny && !r.granted).map(|r| &*r.permission),
         decision,
         status = status.as_u16(),
         upstream_status = out.upstream_status.map(|s| s.as_u16()),

@@ -119,3 +119,56 @@ fn help_shows_examples() {
         assert!(out.contains("Example:"), "{cmd:?}: {out}");
     }
 }
+
+#[test]
+fn deploy_configs_pass_check_and_match_the_catalogue() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = root.join("deploy/kubernetes/base/sidekey.toml");
+    let (code, out, err) = sidekey(&["check", "--strict", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let shipped = std::fs::read_to_string(root.join("config/banata-permissions.toml")).unwrap();
+    let copy = std::fs::read_to_string(root.join("deploy/kubernetes/base/banata-permissions.toml"))
+        .unwrap();
+    assert_eq!(
+        shipped, copy,
+        "deploy/kubernetes/base/banata-permissions.toml drifted from config/"
+    );
+}
+
+#[test]
+fn init_writes_a_config_that_checks_and_never_overwrites() {
+    let dir = TempDir::new();
+    let d = dir.path().join("conf");
+    let args = [
+        "init",
+        "--service",
+        "my-laptop",
+        "--allow",
+        "sandbox_sessions:create,sandbox_sessions:read",
+        "--dir",
+        d.to_str().unwrap(),
+    ];
+    let (code, out, err) = sidekey(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sidekey run --config"), "{out}");
+    let cfg = d.join("sidekey.toml");
+    let (code, out, _) = sidekey(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("sandbox_sessions:create") && out.contains("    POST /v1/sandboxes"),
+        "{out}"
+    );
+    let (code, _, err) = sidekey(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not overwriting"));
+    let (code, _, _) = sidekey(&[
+        "init",
+        "--service",
+        "x",
+        "--allow",
+        "nope:nope",
+        "--dir",
+        dir.path().join("other").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64);
+}

