@@ -112,6 +112,9 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .http2_only(cfg.protocol == Protocol::Http2)
+            // Bounded per-connection read buffers: a sidecar holds dozens of pooled
+            // connections, and hyper's default lets each grow to ~400 KiB.
+            .http1_max_buf_size(64 * 1024)
             .build(connector);
         Ok(Self {
             client,
