@@ -1,21 +1,8 @@
 //! The binary's `check` and `explain` contracts, and every shipped config passes `check`.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::*;
-
-fn sidekey(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sidekey"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn every_shipped_config_passes_check() {

@@ -2,19 +2,11 @@
 //! `RUST_LOG=trace`, scenarios use recognisable keys, and every byte it produced (stdout,
 //! stderr, admin bodies, error bodies, response headers) is scanned for them.
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
 
 const MARK: &str = "CONFIDENTIAL";
-
-fn read_addr(log: &str, field: &str) -> Option<SocketAddr> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v[field].as_str().and_then(|s| s.parse().ok()))
-}
 
 fn dump(r: &Reply) -> String {
     let headers: String = r
@@ -36,25 +28,8 @@ async fn key_never_appears_in_any_output() {
     dir.write("secret/api-key", &key1);
     let config = dir.write("sidekey.toml", &config_text(&up.mock.url(), ""));
     // Logs go to files beside the config on purpose: writing them must not feed the watcher.
-    let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
-    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidekey"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    let log_path = dir.path().join("stdout");
-    let mut addrs = None;
-    let found = eventually(Duration::from_secs(10), || {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        addrs = read_addr(&log, "listener").zip(read_addr(&log, "admin"));
-        async move { addrs.is_some() }
-    })
-    .await;
-    assert!(found, "sidekey did not report its addresses");
-    let (proxy, admin) = addrs.unwrap();
+    let run = Running::start(&config, "trace", dir.path()).await;
+    let (proxy, admin) = (run.proxy, run.admin);
 
     let mut produced = String::new();
     let caller = format!("Bearer caller-{MARK}-guess");
@@ -105,16 +80,10 @@ async fn key_never_appears_in_any_output() {
             .any(|r| r.headers["authorization"] == format!("Bearer {key2}").as_str())
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM should stop cleanly");
-    let out = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
-    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let (stdout, stderr) = (run.stdout.clone(), run.stderr.clone());
+    assert_eq!(run.stop().await, Some(0), "SIGTERM should stop cleanly");
+    let out = std::fs::read_to_string(stdout).unwrap();
+    let err = std::fs::read_to_string(stderr).unwrap();
     assert!(
         out.lines().count() > 20,
         "trace logging produced too little to be a real test"

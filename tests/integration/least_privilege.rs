@@ -2,22 +2,7 @@
 //! mode (would-deny forwarded, counted, logged; ambiguous paths still blocked), and
 //! `suggest` turning the access log into exactly the minimal grant.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use crate::support::*;
-
-fn sidekey(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sidekey"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn write_config(dir: &TempDir, extra: &str) -> String {
     dir.write("ca.pem", sidekey::pki::Ca::new("t").unwrap().cert_pem());
@@ -103,34 +88,9 @@ async fn report_mode_forwards_logs_and_suggests_the_minimal_grant() {
     );
     let config = dir.write("sidekey.toml", &text);
     let logs = TempDir::new();
-    let stdout = std::fs::File::create(logs.path().join("access.jsonl")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sidekey"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log_path = logs.path().join("access.jsonl");
-    let mut addrs = None;
-    let found = eventually(Duration::from_secs(10), || {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        addrs = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|v| {
-                Some((
-                    v["listener"]
-                        .as_str()?
-                        .parse::<std::net::SocketAddr>()
-                        .ok()?,
-                    v["admin"].as_str()?.parse::<std::net::SocketAddr>().ok()?,
-                ))
-            });
-        async move { addrs.is_some() }
-    })
-    .await;
-    assert!(found);
-    let (proxy, admin) = addrs.unwrap();
+    let run = Running::start(&config, "info", logs.path()).await;
+    let (proxy, admin) = (run.proxy, run.admin);
+    let log_path = run.stdout.clone();
     assert_eq!(get(admin, "/readyz").await.json()["mode"], "report");
 
     // Allowed, would-deny (permission and no route), and rejected.
@@ -173,12 +133,7 @@ async fn report_mode_forwards_logs_and_suggests_the_minimal_grant() {
     let metrics = String::from_utf8_lossy(&get(admin, "/metrics").await.body).into_owned();
     assert!(metrics.contains(r#"decision="would_deny""#), "{metrics}");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap();
+    run.stop().await;
     let log = std::fs::read_to_string(&log_path).unwrap();
     let would: Vec<serde_json::Value> = log
         .lines()

@@ -270,3 +270,78 @@ where
 pub async fn metrics(p: &TestProxy) -> String {
     String::from_utf8_lossy(&get(p.admin, "/metrics").await.body).into_owned()
 }
+
+/// Runs the real binary with `args`; returns exit code, stdout, stderr.
+pub fn sidekey(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sidekey run` as a child process, logging to files; stopped with SIGTERM by `stop`.
+pub struct Running {
+    child: std::process::Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Running {
+    /// Starts `sidekey run --config config` with `RUST_LOG=rust_log`, logs into `log_dir`, and
+    /// waits until it reports its listener addresses.
+    pub async fn start(config: &Path, rust_log: &str, log_dir: &Path) -> Self {
+        let stdout = log_dir.join("stdout");
+        let stderr = log_dir.join("stderr");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", rust_log)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut addrs = None;
+        let found = eventually(Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(&stdout).unwrap_or_default();
+            addrs = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    Some((
+                        v["listener"].as_str()?.parse().ok()?,
+                        v["admin"].as_str()?.parse().ok()?,
+                    ))
+                });
+            async move { addrs.is_some() }
+        })
+        .await;
+        assert!(found, "sidekey did not report its addresses");
+        let (proxy, admin) = addrs.unwrap();
+        Self {
+            child,
+            proxy,
+            admin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub async fn stop(self) -> Option<i32> {
+        let mut child = self.child;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .ok()?
+            .code()
+    }
+}
