@@ -21,6 +21,10 @@ for k in "$root"/deploy/kubernetes/base "$root"/deploy/kubernetes/overlays/*/; d
   echo "== rendered $name ($(grep -c '^kind:' "$out/$name.yaml") objects)"
   kubernetes-validate --strict --kubernetes-version "$k8s_version" "$out/$name.yaml" || status=1
 done
+echo "== sidekey inject on deploy/kubernetes/examples/app.yaml"
+cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- inject -f "$root/deploy/kubernetes/examples/app.yaml" \
+  --secret banata-api-key --config-map sidekey-config > "$out/injected-app.yaml"
+kubernetes-validate --strict --kubernetes-version "$k8s_version" "$out/injected-app.yaml" || status=1
 echo "== hadolint deploy/Dockerfile"
 hadolint "$root/deploy/Dockerfile" || status=1
 echo "== sidekey check on the ConfigMap's config"

@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod init;
 pub mod inject;
+pub mod kube;
 pub mod mock;
 pub mod pki;
 pub mod policy;

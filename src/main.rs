@@ -107,6 +107,28 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Add sidekey as a native sidecar to Kubernetes workloads (YAML in, YAML out).
+    #[command(
+        after_help = "Example:\n  sidekey inject -f app.yaml --secret banata-api-key --config-map sidekey-config | kubectl apply -f -"
+    )]
+    Inject {
+        /// Input YAML (`-` for stdin).
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: PathBuf,
+        /// Secret holding the key (mounted as a whole volume at /var/run/secrets/banata).
+        #[arg(long)]
+        secret: String,
+        /// ConfigMap holding sidekey.toml and the catalogue (mounted at /etc/sidekey).
+        #[arg(long)]
+        config_map: String,
+        #[arg(long, default_value = concat!("ghcr.io/sidekey/sidekey:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// Env var pointing the app at sidekey.
+        #[arg(long, default_value = "BANATA_BASE_URL")]
+        env_name: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        listen_url: String,
+    },
     /// Run a mock Banata API and sidekey in front of it, on loopback, with curl examples.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
@@ -170,6 +192,23 @@ fn main() -> ExitCode {
             };
             sidekey::init::run(&opts, &mut std::io::stdout(), &mut std::io::stderr())
         }
+        Command::Inject {
+            file,
+            secret,
+            config_map,
+            image,
+            env_name,
+            listen_url,
+        } => {
+            let opts = sidekey::kube::InjectOptions {
+                secret,
+                config_map,
+                image,
+                env_name,
+                listen_url,
+            };
+            inject(&file, &opts)
+        }
         Command::Demo => demo(),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -210,6 +249,30 @@ fn run(path: &std::path::Path, workers: Option<usize>, format: LogFormat) -> i32
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "sidekey failed");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn inject(file: &std::path::Path, opts: &sidekey::kube::InjectOptions) -> i32 {
+    use std::io::Read;
+    let mut input = String::new();
+    let read = if file == std::path::Path::new("-") {
+        std::io::stdin().read_to_string(&mut input).map(|_| ())
+    } else {
+        std::fs::read_to_string(file).map(|s| input = s)
+    };
+    if let Err(e) = read {
+        eprintln!("error: cannot read {}: {e}", file.display());
+        return EXIT_BAD_CONFIG;
+    }
+    match sidekey::kube::inject(&input, opts) {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
             eprintln!("error: {e}");
             1
         }
