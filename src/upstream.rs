@@ -227,3 +227,66 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Refuses the first `refusals` connects, then succeeds; counts calls.
+    #[derive(Clone)]
+    struct Flaky {
+        calls: Arc<AtomicUsize>,
+        refusals: usize,
+    }
+
+    impl tower_service::Service<Uri> for Flaky {
+        type Response = ();
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<(), std::io::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let refused = n < self.refusals;
+            Box::pin(async move {
+                if refused {
+                    Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    async fn connect(refusals: usize) -> (Result<(), BoxError>, usize) {
+        use tower_service::Service as _;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut c = TimeoutConnector {
+            inner: Flaky {
+                calls: calls.clone(),
+                refusals,
+            },
+            timeout: Duration::from_secs(1),
+        };
+        let r = c.call(Uri::from_static("https://localhost")).await;
+        (r, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_retried_once() {
+        let (r, calls) = connect(1).await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 2);
+        let (r, calls) = connect(2).await;
+        assert!(r.is_err_and(|e| is_refused(&*e)));
+        assert_eq!(calls, 2, "only one retry");
+        let (r, calls) = connect(0).await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 1);
+    }
+}

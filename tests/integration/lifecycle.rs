@@ -238,3 +238,62 @@ async fn shutdown_drains_without_failing_a_request() {
     // And then it is gone.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// CPU time (user + system, clock ticks) of a process, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let up = Upstream::banata().await;
+    let dir = TempDir::new();
+    dir.write("ca.pem", up.ca.cert_pem());
+    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+    dir.write("secret/api-key", KEY);
+    let config = dir.write("sidekey.toml", &config_text(&up.mock.url(), ""));
+    let logs = TempDir::new();
+    let run = Running::start_limited(&config, "info", logs.path(), Some(40)).await;
+    assert_eq!(get(run.proxy, "/v1/sandboxes").await.status, 200);
+    // Hold more connections than the process has descriptors left: accept hits EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = tokio::net::TcpStream::connect(run.proxy).await {
+            held.push(s);
+        }
+    }
+    let logged = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&run.stdout)
+            .unwrap_or_default()
+            .contains("accept failed; backing off")
+    })
+    .await;
+    assert!(logged, "EMFILE was never hit; raise the connection count");
+    // Backing off, not spinning: well under half a core over one second.
+    let before = cpu_ticks(run.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(run.pid()) - before;
+    assert!(spent < 50, "{spent} ticks in 1 s: the accept loop spins");
+    drop(held);
+    let recovered = eventually(Duration::from_secs(10), || async {
+        match tokio::time::timeout(Duration::from_secs(2), async {
+            tokio::net::TcpStream::connect(run.proxy).await
+        })
+        .await
+        {
+            Ok(Ok(_)) => get(run.proxy, "/v1/sandboxes").await.status == 200,
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        recovered,
+        "did not serve again after descriptors were freed"
+    );
+    assert_eq!(run.stop().await, Some(0));
+}

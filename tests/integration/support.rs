@@ -297,9 +297,28 @@ impl Running {
     /// Starts `sidekey run --config config` with `RUST_LOG=rust_log`, logs into `log_dir`, and
     /// waits until it reports its listener addresses.
     pub async fn start(config: &Path, rust_log: &str, log_dir: &Path) -> Self {
+        Self::start_limited(config, rust_log, log_dir, None).await
+    }
+
+    /// The same, with the open-file limit (`ulimit -n`) set to `fd_limit`.
+    pub async fn start_limited(
+        config: &Path,
+        rust_log: &str,
+        log_dir: &Path,
+        fd_limit: Option<u32>,
+    ) -> Self {
         let stdout = log_dir.join("stdout");
         let stderr = log_dir.join("stderr");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        let bin = env!("CARGO_BIN_EXE_sidekey");
+        let mut cmd = match fd_limit {
+            Some(n) => {
+                let mut c = std::process::Command::new("bash");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        let child = cmd
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", rust_log)
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -330,6 +349,10 @@ impl Running {
             stdout,
             stderr,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then the exit code.
