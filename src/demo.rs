@@ -86,7 +86,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
     let ca = Ca::new("sidekey demo CA").map_err(setup)?;
-    let mock = MockUpstream::start_banata(&ca).await.map_err(setup)?;
+    let mock = MockUpstream::start_banata(&ca)
+        .await
+        .map_err(setup)?
+        .without_recording();
     let dir = std::env::temp_dir().join(format!("sidekey-demo-{}", std::process::id()));
     let key = format!(
         "sk_demo_{:x}",

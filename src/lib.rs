@@ -163,7 +163,8 @@ impl App {
             admin_stop_rx,
             drain_rx,
         ));
-        let reload_task = tokio::spawn(reload::run(shared.clone(), stop_rx));
+        let reload_task = tokio::spawn(reload::run(shared.clone(), stop_rx.clone()));
+        let upkeep_task = tokio::spawn(telemetry::upkeep(stop_rx));
         tracing::info!(service = &*shared.load().config.service.name, "serving");
 
         shutdown.await;
@@ -181,6 +182,7 @@ impl App {
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         let _ = reload_task.await;
+        let _ = upkeep_task.await;
         tracing::info!("stopped");
     }
 }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -22,6 +22,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::{Ca, Leaf};
+
+/// Most requests a mock keeps (tests send far fewer).
+const MAX_RECORDS: usize = 100_000;
 
 /// Response body type handlers return.
 pub type MockBody = BoxBody<Bytes, std::io::Error>;
@@ -47,6 +50,8 @@ pub struct MockUpstream {
     addr: SocketAddr,
     ca_pem: String,
     records: Arc<Mutex<Vec<Recorded>>>,
+    /// Off for the demo: a long-running mock must not keep every request it saw.
+    recording: Arc<AtomicBool>,
     connections: Arc<AtomicUsize>,
     _stop: watch::Sender<bool>,
 }
@@ -79,9 +84,10 @@ impl MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let records = Arc::new(Mutex::new(Vec::new()));
+        let recording = Arc::new(AtomicBool::new(true));
         let connections = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = watch::channel(false);
-        let (recs, conns) = (records.clone(), connections.clone());
+        let (recs, conns, on) = (records.clone(), connections.clone(), recording.clone());
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -89,13 +95,16 @@ impl MockUpstream {
                     _ = stopped.changed() => return,
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, handler, recs) = (acceptor.clone(), handler.clone(), recs.clone());
+                let (acceptor, handler, recs, on) =
+                    (acceptor.clone(), handler.clone(), recs.clone(), on.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        record(&recs, &req);
+                        if on.load(Ordering::Relaxed) {
+                            record(&recs, &req);
+                        }
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
@@ -109,6 +118,7 @@ impl MockUpstream {
             addr,
             ca_pem,
             records,
+            recording,
             connections,
             _stop: stop,
         })
@@ -117,6 +127,15 @@ impl MockUpstream {
     /// A Banata-like API: 401 without a bearer key, else JSON naming the key's fingerprint.
     pub async fn start_banata(ca: &Ca) -> std::io::Result<Self> {
         Self::start(ca, Arc::new(|req| Box::pin(banata(req)))).await
+    }
+
+    /// Stops recording requests (and drops what was recorded).
+    pub fn without_recording(self) -> Self {
+        self.recording.store(false, Ordering::Relaxed);
+        if let Ok(mut r) = self.records.lock() {
+            r.clear();
+        }
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -155,7 +174,10 @@ fn record(records: &Mutex<Vec<Recorded>>, req: &Request<Incoming>) {
         version: req.version(),
     };
     if let Ok(mut r) = records.lock() {
-        r.push(rec);
+        // A hard cap, so even a recording mock left running stays bounded.
+        if r.len() < MAX_RECORDS {
+            r.push(rec);
+        }
     }
 }
 

@@ -155,3 +155,15 @@ pub fn request_duration() -> &'static Histogram {
     static H: OnceLock<Histogram> = OnceLock::new();
     H.get_or_init(|| metrics::histogram!(REQUEST_DURATION))
 }
+
+/// Drains histogram samples into their buckets every few seconds. Without it the recorder
+/// keeps every raw sample until `/metrics` is scraped, which grows memory without bound on an
+/// unscraped sidecar (found by `benches/soak.sh`).
+pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics().run_upkeep(),
+            () = crate::serve::stopped(&mut stop) => return,
+        }
+    }
+}
