@@ -49,20 +49,15 @@ fn has_forbidden_escape(p: &str) -> bool {
 }
 
 fn sample_policy() -> Policy {
-    let specs = [
-        ("r", "GET /v1/sandboxes/{id}"),
-        ("r", "GET /v1/sandboxes/{id}/{*rest}"),
-        ("c", "POST /v1/sandboxes"),
-        ("x", "* /v1/{*rest}"),
-    ]
-    .iter()
-    .map(|(perm, text)| RouteSpec {
-        permission: (*perm).into(),
-        text: (*text).into(),
-        pattern: Pattern::parse(text).unwrap(),
-    })
-    .collect();
-    Policy::new(specs, |p| p == "r")
+    super::tests::policy(
+        &[
+            ("r", "GET /v1/sandboxes/{id}"),
+            ("r", "GET /v1/sandboxes/{id}/{*rest}"),
+            ("c", "POST /v1/sandboxes"),
+            ("x", "* /v1/{*rest}"),
+        ],
+        &["r"],
+    )
 }
 
 proptest! {

@@ -1,6 +1,7 @@
 use super::*;
 
-fn policy(catalogue: &[(&str, &str)], allow: &[&str]) -> Policy {
+/// A compiled policy from `(permission, pattern)` pairs (shared with the property tests).
+pub(super) fn policy(catalogue: &[(&str, &str)], allow: &[&str]) -> Policy {
     let specs = catalogue
         .iter()
         .map(|(perm, text)| RouteSpec {

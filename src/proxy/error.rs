@@ -111,10 +111,11 @@ impl ProxyError {
             "message": self.message(),
             "request_id": request_id.to_str().unwrap_or_default(),
         });
-        match self {
-            Self::PermissionDenied(p) => error["permission"] = serde_json::Value::from(&**p),
-            Self::InvalidRequest(reason) => error["reason"] = serde_json::Value::from(*reason),
-            _ => {}
+        if let Self::PermissionDenied(p) = self {
+            error["permission"] = serde_json::Value::from(&**p);
+        }
+        if let Self::InvalidRequest(reason) = self {
+            error["reason"] = serde_json::Value::from(*reason);
         }
         let body = serde_json::json!({ "error": error }).to_string();
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));

@@ -41,12 +41,7 @@ async fn sse_events_arrive_before_the_stream_ends() {
     }))
     .await;
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
-    let stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect_h1(p.addr).await;
     let req = Request::get("/v1/sandboxes/sb_1/events")
         .header("host", "x")
         .body(http_body_util::Empty::<Bytes>::new())
@@ -100,12 +95,7 @@ async fn uploads_stream_to_the_upstream() {
     .await;
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(1);
-    let stream = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect_h1(p.addr).await;
     let req = Request::post("/v1/sandboxes")
         .header("host", "x")
         .body(body)
