@@ -168,3 +168,69 @@ async fn upstream_401_is_counted_by_fingerprint() {
     );
     p.stop().await;
 }
+
+/// An upstream that answers one request per connection and then closes it without saying
+/// `Connection: close`: every pooled connection goes stale. Requests must not fail for it.
+#[tokio::test]
+async fn stale_pooled_connections_never_fail_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("test CA").unwrap();
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = tls.flush().await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Close shortly after, while the proxy holds the connection as idle.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let holder = Upstream {
+        mock: MockUpstream::start_banata(&ca).await.unwrap(),
+        ca,
+    };
+    let text = config_text(&format!("https://localhost:{port}"), "").replace(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\nprotocol = \"http1\"",
+    );
+    let p = TestProxy::start(&holder, Some(KEY), &text).await;
+    for i in 0..20 {
+        let r = get(p.addr, "/v1/sandboxes").await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        // Half the time, wait until the upstream has closed the pooled connection.
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 20);
+    p.stop().await;
+}
