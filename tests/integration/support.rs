@@ -286,7 +286,8 @@ pub fn sidekey(args: &[&str]) -> (i32, String, String) {
 
 /// `sidekey run` as a child process, logging to files; stopped with SIGTERM by `stop`.
 pub struct Running {
-    child: std::process::Child,
+    /// `None` once stopped; a test that panics before `stop` still kills it (Drop).
+    child: Option<std::process::Child>,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub stdout: PathBuf,
@@ -318,7 +319,7 @@ impl Running {
             }
             None => std::process::Command::new(bin),
         };
-        let child = cmd
+        let mut child = cmd
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", rust_log)
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -340,10 +341,13 @@ impl Running {
             async move { addrs.is_some() }
         })
         .await;
+        if !found {
+            let _ = child.kill();
+        }
         assert!(found, "sidekey did not report its addresses");
         let (proxy, admin) = addrs.unwrap();
         Self {
-            child,
+            child: Some(child),
             proxy,
             admin,
             stdout,
@@ -352,12 +356,12 @@ impl Running {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
     /// SIGTERM, then the exit code.
-    pub async fn stop(self) -> Option<i32> {
-        let mut child = self.child;
+    pub async fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -366,6 +370,15 @@ impl Running {
             .unwrap()
             .ok()?
             .code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
