@@ -36,13 +36,6 @@ pub fn decision_of(policy: &Policy, method: &str, target: &str) -> Expect {
     }
 }
 
-fn compile(config: &Config) -> Policy {
-    let allow = &config.service.allow;
-    Policy::new(config.catalogue.clone(), |p| {
-        allow.iter().any(|a| **a == *p)
-    })
-}
-
 /// Validates the config, prints the effective table, runs lints and `[[test]]`
 /// expectations. 0 ok, 1 failing tests (or lints with `--strict`), 64 bad config.
 pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
@@ -61,7 +54,7 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
             return EXIT_BAD_CONFIG;
         }
     };
-    let policy = compile(&config);
+    let policy = config.compile_policy();
     let lints = crate::policy::lint::lint(&policy, &config.catalogue, &config.service.allow);
     let results: Vec<(&PolicyTest, Expect)> = config
         .tests
@@ -184,6 +177,14 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "everything else: 403 route_not_allowed")
 }
 
+/// Loads a config for a command, printing the error; `Err` carries the exit code (64).
+pub fn load(path: &Path, err: &mut dyn Write) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        let _ = writeln!(err, "error: {e}");
+        EXIT_BAD_CONFIG
+    })
+}
+
 /// Prints the decision `run` would make. 0 allowed, 1 denied or rejected, 64 bad config.
 pub fn explain(
     path: &Path,
@@ -192,17 +193,11 @@ pub fn explain(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let config = match Config::load(path) {
+    let config = match load(path, err) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_BAD_CONFIG;
-        }
+        Err(code) => return code,
     };
-    let allow = &config.service.allow;
-    let policy = crate::policy::Policy::new(config.catalogue.clone(), |p| {
-        allow.iter().any(|a| **a == *p)
-    });
+    let policy = config.compile_policy();
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         let _ = writeln!(
             out,

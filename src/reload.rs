@@ -19,7 +19,6 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError, CredentialSource};
-use crate::policy::Policy;
 use crate::secret::{Credential, KeyError};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
@@ -40,10 +39,7 @@ pub fn compose(
         key: "upstream.ca_file".into(),
         message: format!("cannot build the TLS client: {e}"),
     })?;
-    let allow = &config.service.allow;
-    let policy = Policy::new(config.catalogue.clone(), |p| {
-        allow.iter().any(|a| **a == *p)
-    });
+    let policy = config.compile_policy();
     Ok(Snapshot {
         generation,
         counters: crate::state::request_counters(&policy),

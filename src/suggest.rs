@@ -75,12 +75,9 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let config = match Config::load(config_path) {
+    let config = match crate::cli::load(config_path, err) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            return EXIT_BAD_CONFIG;
-        }
+        Err(code) => return code,
     };
     let since = since.and_then(|d| SystemTime::now().checked_sub(d));
     let t = if log_path == Path::new("-") {

@@ -212,6 +212,13 @@ impl Config {
         Ok(config)
     }
 
+    /// The service's compiled allow-list: the catalogue, with `service.allow` resolved.
+    /// `run` (via the reload task), `check` and `explain` all build it here.
+    pub fn compile_policy(&self) -> crate::policy::Policy {
+        let allow = &self.service.allow;
+        crate::policy::Policy::new(self.catalogue.clone(), |p| allow.iter().any(|a| **a == *p))
+    }
+
     /// Files whose changes should trigger a reload.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
