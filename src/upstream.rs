@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Uri;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -22,8 +24,9 @@ use rustls::RootCertStore;
 use crate::config::{self, Protocol};
 use crate::proxy::body::{BodyError, Watched};
 
-/// What the client sends: the caller's body, watched for idleness and size.
-pub type RequestBody = Watched<Incoming>;
+/// What the client sends: the caller's body, watched for idleness and size, or nothing
+/// (a bodiless request, which can be replayed if HTTP/2 proves it was never processed).
+pub type RequestBody = Either<Watched<Incoming>, Empty<Bytes>>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,6 +34,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Upstream {
     client: Client<TimeoutConnector<HttpsConnector<HttpConnector>>, RequestBody>,
     pub response_timeout: Duration,
+    /// HTTP/2 may be negotiated: keep what is needed to replay a refused bodiless request.
+    may_use_h2: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -119,6 +124,7 @@ impl Upstream {
         Ok(Self {
             client,
             response_timeout: cfg.response_timeout,
+            may_use_h2: cfg.protocol != Protocol::Http1,
         })
     }
 
@@ -127,7 +133,28 @@ impl Upstream {
         &self,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, FailureKind> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        // hyper-util replays requests a pooled connection never started; an HTTP/2 stream
+        // the upstream refused (REFUSED_STREAM) or left above its GOAWAY's last stream id was
+        // provably not processed either, and is replayed here once, if it had no body.
+        let replay = match req.body() {
+            Either::Right(_) if self.may_use_h2 => Some(parts_of(&req)),
+            _ => None,
+        };
+        let exchange = async {
+            match (self.client.request(req).await, replay) {
+                (Err(e), Some(parts)) if unprocessed(&e) => {
+                    tracing::debug!(error = %e, "upstream did not process the request; replaying once");
+                    self.client
+                        .request(http::Request::from_parts(
+                            parts,
+                            Either::Right(Empty::new()),
+                        ))
+                        .await
+                }
+                (result, _) => result,
+            }
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(FailureKind::ResponseTimeout),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
@@ -168,6 +195,26 @@ fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
     } else {
         FailureKind::Protocol
     }
+}
+
+/// An HTTP/2 stream the upstream provably did not process: reset with REFUSED_STREAM, or
+/// above the last stream id of a graceful (NO_ERROR) GOAWAY.
+fn unprocessed(err: &hyper_util::client::legacy::Error) -> bool {
+    find::<h2::Error>(err).is_some_and(|h2| {
+        h2.is_remote()
+            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
+    })
+}
+
+/// A copy of a bodiless request's head (extensions are not carried: the proxy sets none).
+fn parts_of<B>(req: &http::Request<B>) -> http::request::Parts {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = req.method().clone();
+    parts.uri = req.uri().clone();
+    parts.version = req.version();
+    parts.headers = req.headers().clone();
+    parts
 }
 
 fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {

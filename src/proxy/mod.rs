@@ -163,13 +163,18 @@ async fn forward<'s>(
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 
-    let body = Watched::new(body, limits.body_idle_timeout, None).without_trailers();
-    let (body, overflowed) = match limits.max_request_body {
-        Some(max) => {
-            let (b, flag) = body.limited(max);
-            (b, Some(flag))
+    let (body, overflowed) = if http_body::Body::is_end_stream(&body) {
+        // No body: nothing to watch, and the upstream client may replay the request.
+        (Either::Right(http_body_util::Empty::new()), None)
+    } else {
+        let body = Watched::new(body, limits.body_idle_timeout, None).without_trailers();
+        match limits.max_request_body {
+            Some(max) => {
+                let (b, flag) = body.limited(max);
+                (Either::Left(b), Some(flag))
+            }
+            None => (Either::Left(body), None),
         }
-        None => (body, None),
     };
     let sent = snap.upstream.send(Request::from_parts(parts, body)).await;
     let too_large = overflowed.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
