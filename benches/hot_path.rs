@@ -94,7 +94,8 @@ fn bench_snapshot(c: &mut Criterion) {
     let text = "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nenv = \"SIDEKEY_BENCH_KEY\"\n[service]\nname = \"b\"\nallow = [\"p\"]\n[permissions]\np = [\"GET /v1/x\"]\n";
     std::fs::write(&cfg, text).expect("write");
     let config = std::sync::Arc::new(sidekey::config::Config::load(&cfg).expect("config"));
-    let snapshot = sidekey::reload::compose(config, None, 1).expect("compose");
+    let snapshot = sidekey::reload::compose(config, std::sync::Arc::new([None]), None, 1, None)
+        .expect("compose");
     let shared = sidekey::state::Shared::new(snapshot);
     c.bench_function("snapshot/load", |b| b.iter(|| black_box(shared.load())));
     let _ = std::fs::remove_dir_all(&dir);

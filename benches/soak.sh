@@ -46,7 +46,16 @@ sample() { # rss_kb fds
 }
 wrk -t1 -c"$conns" -d5s -s "$work/mix.lua" "$proxy" >/dev/null   # warm up: pools, buffers
 read -r rss0 fd0 < <(sample)
-wrk -t1 -c"$conns" -d"${secs}s" -s "$work/mix.lua" "$proxy" > "$work/wrk.out"
+wrk -t1 -c"$conns" -d"${secs}s" -s "$work/mix.lua" "$proxy" > "$work/wrk.out" &
+wrk_pid=$!
+# The trend, not just the ends: one sample every SOAK_EVERY seconds (default 60).
+every="${SOAK_EVERY:-60}"
+t=0
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  sleep 1; t=$((t + 1))
+  if [ $((t % every)) = 0 ]; then read -r r f < <(sample); echo "  t=${t}s rss ${r} kB fds ${f}"; fi
+done
+wait "$wrk_pid"
 read -r rss1 fd1 < <(sample)
 reqs=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 echo "soak: ${secs}s, $rate_note, mixed allowed/denied/malformed, $reqs requests"

@@ -56,27 +56,44 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+/// Every key source by name, fingerprints only. The top-level fields describe the first
+/// source (`default` in the service shape), as before gateways existed.
 fn credential(shared: &Shared) -> Response<Full<Bytes>> {
     let snap = shared.load();
-    let body = match &snap.credential {
-        Some(c) => serde_json::json!({
-            "fingerprint": c.fingerprint(),
-            "source": c.source().as_str(),
-            "loaded_at": humantime::format_rfc3339_seconds(c.loaded_at()).to_string(),
-            "generation": snap.generation,
-            "last_error": shared.credential_error().as_deref(),
-            "mode": snap.config.service.mode.as_str(),
-        }),
-        None => serde_json::json!({
-            "fingerprint": null,
-            "source": null,
-            "loaded_at": null,
-            "generation": snap.generation,
-            "last_error": shared.credential_error().as_deref(),
-            "mode": snap.config.service.mode.as_str(),
-        }),
-    };
-    let status = if snap.credential.is_some() {
+    let list: Vec<serde_json::Value> = snap
+        .config
+        .credentials
+        .iter()
+        .zip(snap.credentials.iter())
+        .map(|(named, key)| {
+            let used_by: Vec<&str> = snap
+                .config
+                .principals
+                .iter()
+                .filter(|p| snap.config.credentials.get(p.credential).is_some_and(|c| c.name == named.name))
+                .map(|p| &*p.name)
+                .collect();
+            serde_json::json!({
+                "name": &*named.name,
+                "fingerprint": key.as_ref().map(|c| c.fingerprint()),
+                "source": key.as_ref().map(|c| c.source().as_str()),
+                "loaded_at": key.as_ref().map(|c| humantime::format_rfc3339_seconds(c.loaded_at()).to_string()),
+                "last_error": shared.credential_error(&named.name),
+                "used_by": used_by,
+            })
+        })
+        .collect();
+    let first = list.first().cloned().unwrap_or_default();
+    let body = serde_json::json!({
+        "fingerprint": first.get("fingerprint"),
+        "source": first.get("source"),
+        "loaded_at": first.get("loaded_at"),
+        "last_error": first.get("last_error"),
+        "generation": snap.generation,
+        "mode": snap.config.service.mode.as_str(),
+        "credentials": list,
+    });
+    let status = if snap.missing_credentials().is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -103,14 +120,17 @@ fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
         telemetry::SNAPSHOT_GENERATION,
         snap.generation
     );
-    if let Some(c) = &snap.credential {
-        let _ = writeln!(
-            text,
-            "# TYPE {} gauge\n{}{{fingerprint=\"{}\"}} 1",
-            telemetry::CREDENTIAL_INFO,
-            telemetry::CREDENTIAL_INFO,
-            c.fingerprint()
-        );
+    let _ = writeln!(text, "# TYPE {} gauge", telemetry::CREDENTIAL_INFO);
+    for (named, key) in snap.config.credentials.iter().zip(snap.credentials.iter()) {
+        if let Some(c) = key {
+            let _ = writeln!(
+                text,
+                "{}{{credential=\"{}\",fingerprint=\"{}\"}} 1",
+                telemetry::CREDENTIAL_INFO,
+                named.name,
+                c.fingerprint()
+            );
+        }
     }
     let at = shared.credential_reloaded_at();
     let _ = writeln!(

@@ -11,12 +11,14 @@
 //! use exactly this path.
 
 pub mod admin;
+pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod init;
 pub mod inject;
 pub mod kube;
+pub mod limit;
 pub mod mock;
 pub mod pki;
 pub mod policy;
@@ -27,6 +29,7 @@ pub mod serve;
 pub mod state;
 pub mod suggest;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -76,33 +79,45 @@ impl App {
         if config.upstream.allow_plaintext {
             tracing::warn!(url = %config.upstream.url, "allow_plaintext_upstream is on: the key may cross the network unencrypted (tests only)");
         }
-        let (credential, error) = match Credential::load(&config.credential) {
-            Ok(c) => {
-                tracing::info!(
+        let loaded = reload::first_credentials(&config);
+        for (named, (key, error)) in config.credentials.iter().zip(&loaded) {
+            match (key, error) {
+                (Some(c), _) => tracing::info!(
+                    credential = &*named.name,
                     fingerprint = c.fingerprint(),
                     source = c.source().as_str(),
                     "API key loaded"
-                );
-                (Some(Arc::new(c)), None)
+                ),
+                (None, Some(e)) => {
+                    tracing::warn!(credential = &*named.name, reason = %e, "no valid API key at start; its callers get 503 until one appears");
+                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => e.result_label()).increment(1);
+                }
+                (None, None) => {}
             }
-            Err(e) => {
-                tracing::warn!(reason = %e, "no valid API key at start; answering 503 until one appears");
-                metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => e.result_label()).increment(1);
-                (None, Some(e.to_string()))
-            }
-        };
-        if let config::CredentialSource::File(path) = &config.credential.source {
-            if secret::looks_like_subpath_mount(path) {
-                tracing::warn!(file = %path.display(), "the key file is a single-file mount (Kubernetes subPath?): such mounts never see Secret updates; mount the Secret as a whole volume");
+            if let config::CredentialSource::File(path) = &named.config.source {
+                if secret::looks_like_subpath_mount(path) {
+                    tracing::warn!(file = %path.display(), "the key file is a single-file mount (Kubernetes subPath?): such mounts never see Secret updates; mount the Secret as a whole volume");
+                }
             }
         }
+        let tls = reload::listener_tls(&config).map_err(|message| ConfigError {
+            file: config.path.clone(),
+            line: None,
+            key: "listener.tls".into(),
+            message,
+        })?;
         let config = Arc::new(config);
         let proxy_addr = config.listener.address;
         let admin_addr = config.admin.address;
-        let snapshot = reload::compose(config, credential.clone(), 1)?;
+        let credentials: Arc<[Option<Arc<Credential>>]> =
+            loaded.iter().map(|(k, _)| k.clone()).collect();
+        let any_key = credentials.iter().any(Option::is_some);
+        let snapshot = reload::compose(config.clone(), credentials, tls, 1, None)?;
         let shared = Arc::new(Shared::new(snapshot));
-        shared.set_credential_error(error);
-        if credential.is_some() {
+        for (named, (_, error)) in config.credentials.iter().zip(loaded) {
+            shared.set_credential_error(&named.name, error.map(|e| e.to_string()));
+        }
+        if any_key {
             shared.set_credential_reloaded_now();
         }
         let proxy = bind("listener", proxy_addr).await?;
@@ -147,9 +162,18 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (drain_tx, drain_rx) = watch::channel(runtime.shutdown_grace);
         let proxy_shared = shared.clone();
+        let tls_shared = shared.clone();
+        let tls: Option<serve::TlsSource> = shared.load().tls.is_some().then(|| {
+            Arc::new(move || tls_shared.load().tls.as_ref().map(|t| t.server.clone()))
+                as serve::TlsSource
+        });
         let proxy_task = tokio::spawn(serve::serve(
             proxy,
-            move |req| proxy::handle(proxy_shared.clone(), req),
+            move |peer: caller::Peer| {
+                let shared = proxy_shared.clone();
+                move |req| proxy::handle(shared.clone(), peer.clone(), req)
+            },
+            tls,
             opts,
             stop_rx.clone(),
             drain_rx.clone(),
@@ -158,14 +182,28 @@ impl App {
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(serve::serve(
             admin,
-            move |req| admin::handle(admin_shared.clone(), req),
+            move |_peer| {
+                let shared = admin_shared.clone();
+                move |req| admin::handle(shared.clone(), req)
+            },
+            None,
             opts,
             admin_stop_rx,
             drain_rx,
         ));
         let reload_task = tokio::spawn(reload::run(shared.clone(), stop_rx.clone()));
         let upkeep_task = tokio::spawn(telemetry::upkeep(stop_rx));
-        tracing::info!(service = &*shared.load().config.service.name, "serving");
+        {
+            let snap = shared.load();
+            let callers: Vec<&str> = snap.config.principals.iter().map(|p| &*p.name).collect();
+            tracing::info!(
+                service = &*snap.config.service.name,
+                gateway = snap.config.gateway,
+                tls = snap.tls.is_some(),
+                ?callers,
+                "serving"
+            );
+        }
 
         shutdown.await;
         let started = Instant::now();

@@ -85,9 +85,15 @@ enum Command {
     Explain {
         #[arg(long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
+        /// Gateway configs: the caller whose grants decide.
+        #[arg(long)]
+        caller: Option<String>,
         method: String,
         target: String,
     },
+    /// Gateway caller tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Write a ready config (with the bundled Banata catalogue) for a developer machine.
     #[command(
         after_help = "Example:\n  sidekey init --service my-laptop --allow sandbox_sessions:create,sandbox_sessions:read"
@@ -134,6 +140,16 @@ enum Command {
     Demo,
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh caller token (once) and the `token_sha256` line for its [[caller]].
+    #[command(after_help = "Example:\n  sidekey token new --caller ci-e2e")]
+    New {
+        #[arg(long)]
+        caller: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -164,12 +180,17 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
+        Command::Token(TokenCommand::New { caller }) => {
+            sidekey::cli::token_new(&caller, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Explain {
             config,
+            caller,
             method,
             target,
         } => sidekey::cli::explain(
             &config,
+            caller.as_deref(),
             &method,
             &target,
             &mut std::io::stdout(),

@@ -18,20 +18,25 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, ConfigError, CredentialSource};
+use crate::config::{Config, ConfigError, CredentialConfig, CredentialSource};
+use crate::limit::Limiter;
 use crate::secret::{Credential, KeyError};
-use crate::state::{Shared, Snapshot};
-use crate::telemetry;
+use crate::state::{PrincipalState, Shared, Snapshot};
+use crate::telemetry::{self, RequestCounters};
+use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
 
 /// Interval used when no filesystem watcher could be created.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
-/// Builds a snapshot from a validated config (policy compiled, upstream client built).
+/// Builds a snapshot from a validated config (policies compiled, upstream client built).
+/// Limiters whose settings did not change carry over from `previous`.
 pub fn compose(
     config: Arc<Config>,
-    credential: Option<Arc<Credential>>,
+    credentials: Arc<[Option<Arc<Credential>>]>,
+    tls: Option<Arc<TlsMaterial>>,
     generation: u64,
+    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigError> {
     let upstream = Upstream::new(&config.upstream).map_err(|e| ConfigError {
         file: config.path.clone(),
@@ -39,15 +44,62 @@ pub fn compose(
         key: "upstream.ca_file".into(),
         message: format!("cannot build the TLS client: {e}"),
     })?;
-    let policy = config.compile_policy();
+    let principals = config
+        .principals
+        .iter()
+        .map(|p| {
+            let policy = config.compile_policy(p);
+            let kept = previous.and_then(|prev| {
+                let (i, _) = prev.config.principal(&p.name)?;
+                let old = prev.principals.get(i)?;
+                old.limiter
+                    .same_settings(p.rate, p.max_concurrent)
+                    .then(|| old.limiter.clone())
+            });
+            PrincipalState {
+                counters: crate::state::request_counters(&p.name, &policy),
+                policy: Arc::new(policy),
+                limiter: kept.unwrap_or_else(|| Arc::new(Limiter::new(p.rate, p.max_concurrent))),
+            }
+        })
+        .collect();
     Ok(Snapshot {
         generation,
-        counters: crate::state::request_counters(&policy),
-        policy: Arc::new(policy),
+        principals,
+        credentials,
         upstream: Arc::new(upstream),
-        credential,
+        tls,
+        unidentified: Arc::new(RequestCounters::new("unidentified".into(), "none".into())),
         config,
     })
+}
+
+/// The listener TLS config for `config` (`None` without `[listener.tls]`).
+pub fn listener_tls(config: &Config) -> Result<Option<Arc<TlsMaterial>>, String> {
+    let Some(tls) = &config.listener.tls else {
+        return Ok(None);
+    };
+    crate::tls::build(tls, optional_client_cert(config)).map(|m| Some(Arc::new(m)))
+}
+
+/// Token callers connect without a certificate; certificate-only gateways require one.
+fn optional_client_cert(config: &Config) -> bool {
+    config
+        .principals
+        .iter()
+        .any(|p| !matches!(p.identity, crate::config::Identity::ClientCert(_)))
+}
+
+/// Loads every key source once (start-up): the keys, and each failure by name.
+pub fn first_credentials(config: &Config) -> Vec<(Option<Arc<Credential>>, Option<KeyError>)> {
+    config
+        .credentials
+        .iter()
+        .map(|c| match Credential::load(&c.config) {
+            Ok(k) => (Some(Arc::new(k)), None),
+            Err(e) => (None, Some(e)),
+        })
+        .collect()
 }
 
 /// Runs until `stop` turns true.
@@ -83,7 +135,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         names,
         watched: BTreeSet::new(),
         last_config_error: None,
-        last_key_error: None,
+        last_key_errors: std::collections::BTreeMap::new(),
+        last_tls_error: None,
     };
     reloader.ensure_watches(watcher.as_mut());
     // Anything that changed between the first load and the watch being set up would
@@ -118,7 +171,8 @@ struct Reloader {
     names: Arc<ArcSwap<Vec<OsString>>>,
     watched: BTreeSet<PathBuf>,
     last_config_error: Option<String>,
-    last_key_error: Option<String>,
+    last_key_errors: std::collections::BTreeMap<Arc<str>, String>,
+    last_tls_error: Option<String>,
 }
 
 impl Reloader {
@@ -182,49 +236,102 @@ impl Reloader {
             Err(e) => self.config_failed("invalid", e.to_string()),
         }
 
-        let mut credential = snap.credential.clone();
-        match Credential::load(&config.credential) {
-            Ok(new) => {
-                self.last_key_error = None;
-                self.shared.set_credential_error(None);
-                if !credential.as_ref().is_some_and(|old| old.same_as(&new)) {
-                    tracing::info!(
-                        old_fingerprint = credential.as_ref().map(|c| c.fingerprint()),
-                        new_fingerprint = new.fingerprint(),
-                        "API key rotated"
-                    );
-                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => "ok")
-                        .increment(1);
-                    self.shared.set_credential_reloaded_now();
-                    credential = Some(Arc::new(new));
+        // Every key source: a new valid key replaces the last good one of the same name
+        // and source; a failure keeps it.
+        let mut key_changed = false;
+        let mut credentials = Vec::with_capacity(config.credentials.len());
+        for named in &config.credentials {
+            let previous = snap
+                .config
+                .credentials
+                .iter()
+                .zip(snap.credentials.iter())
+                .find(|(old, _)| old.name == named.name && old.config == named.config)
+                .and_then(|(_, c)| c.clone());
+            let next = match Credential::load(&named.config) {
+                Ok(new) => {
+                    self.last_key_errors.remove(&named.name);
+                    self.shared.set_credential_error(&named.name, None);
+                    match previous {
+                        Some(old) if old.same_as(&new) => Some(old),
+                        old => {
+                            tracing::info!(
+                                credential = &*named.name,
+                                old_fingerprint = old.as_ref().map(|c| c.fingerprint()),
+                                new_fingerprint = new.fingerprint(),
+                                "API key rotated"
+                            );
+                            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => "ok")
+                                .increment(1);
+                            self.shared.set_credential_reloaded_now();
+                            key_changed = true;
+                            Some(Arc::new(new))
+                        }
+                    }
                 }
-            }
-            Err(e) => self.key_failed(&config, &e),
+                Err(e) => {
+                    self.key_failed(&named.name, &named.config, &e);
+                    previous
+                }
+            };
+            credentials.push(next);
+        }
+        if credentials.len() != snap.credentials.len() {
+            key_changed = true;
         }
 
-        let key_changed = match (&credential, &snap.credential) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-            (None, None) => false,
-            _ => true,
-        };
-        if !config_changed && !key_changed {
+        // The listener certificate: rebuilt when its files (or the config) changed.
+        let mut tls = snap.tls.clone();
+        let mut tls_changed = false;
+        if let Some(files) = &config.listener.tls {
+            let now = crate::tls::digest(files, optional_client_cert(&config));
+            let same = matches!((&now, &tls), (Ok(d), Some(t)) if *d == t.digest);
+            if !same || config_changed {
+                match listener_tls(&config) {
+                    Ok(Some(built)) => {
+                        if !same {
+                            tracing::info!(cert = %files.cert_file.display(), "listener certificate reloaded");
+                            metrics::counter!(telemetry::TLS_RELOADS_TOTAL, "result" => "ok")
+                                .increment(1);
+                        }
+                        self.last_tls_error = None;
+                        tls = Some(built);
+                        tls_changed = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.tls_failed(e),
+                }
+            }
+        }
+
+        if !config_changed && !key_changed && !tls_changed {
             return;
         }
+        let credentials: Arc<[Option<Arc<Credential>>]> = credentials.into();
         let next = if config_changed {
-            compose(config, credential, snap.generation + 1)
+            compose(config, credentials, tls, snap.generation + 1, Some(&snap))
         } else {
             Ok(Snapshot {
                 generation: snap.generation + 1,
                 config,
-                policy: snap.policy.clone(),
-                counters: snap.counters.clone(),
+                principals: snap.principals.clone(),
+                unidentified: snap.unidentified.clone(),
                 upstream: snap.upstream.clone(),
-                credential,
+                credentials,
+                tls,
             })
         };
         match next {
             Ok(next) => self.shared.store(next),
             Err(e) => self.config_failed("invalid", e.to_string()),
+        }
+    }
+
+    fn tls_failed(&mut self, message: String) {
+        if self.last_tls_error.as_ref() != Some(&message) {
+            tracing::warn!(error = %message, "listener certificate update refused; the last good certificate keeps serving");
+            metrics::counter!(telemetry::TLS_RELOADS_TOTAL, "result" => "invalid").increment(1);
+            self.last_tls_error = Some(message);
         }
     }
 
@@ -237,20 +344,21 @@ impl Reloader {
         }
     }
 
-    fn key_failed(&mut self, config: &Config, e: &KeyError) {
+    fn key_failed(&mut self, name: &Arc<str>, config: &CredentialConfig, e: &KeyError) {
         let message = e.to_string();
-        if self.last_key_error.as_ref() == Some(&message) {
+        if self.last_key_errors.get(name) == Some(&message) {
             return;
         }
-        let source = match &config.credential.source {
+        let source = match &config.source {
             CredentialSource::File(p) => p.display().to_string(),
             CredentialSource::Env(v) => format!("${v}"),
         };
-        tracing::warn!(reason = %message, source, "API key update refused; the last good key stays in use");
-        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "result" => e.result_label())
+        tracing::warn!(credential = &**name, reason = %message, source, "API key update refused; the last good key stays in use");
+        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => name.to_string(), "result" => e.result_label())
             .increment(1);
-        self.shared.set_credential_error(Some(message.clone()));
-        self.last_key_error = Some(message);
+        self.shared
+            .set_credential_error(name, Some(message.clone()));
+        self.last_key_errors.insert(name.clone(), message);
     }
 }
 
@@ -262,6 +370,8 @@ fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
         Some("admin.address")
     } else if old.runtime.workers != new.runtime.workers {
         Some("runtime.workers")
+    } else if old.listener.tls.is_some() != new.listener.tls.is_some() {
+        Some("listener.tls")
     } else {
         None
     }

@@ -10,37 +10,74 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use crate::config::Config;
+use crate::limit::Limiter;
 use crate::policy::Policy;
 use crate::secret::Credential;
 use crate::telemetry::RequestCounters;
+use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, consistent with itself.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Bumped on every published change (config or key).
+    /// Bumped on every published change (config, key or listener certificate).
     pub generation: u64,
     pub config: Arc<Config>,
-    pub policy: Arc<Policy>,
+    /// Per principal, parallel to `config.principals`.
+    pub principals: Arc<[PrincipalState]>,
+    /// Per key source, parallel to `config.credentials`. `None` while no valid key has ever
+    /// been loaded for it: its callers fail closed.
+    pub credentials: Arc<[Option<Arc<Credential>>]>,
     pub upstream: Arc<Upstream>,
-    /// `None` while no valid key has ever been loaded: fail closed.
-    pub credential: Option<Arc<Credential>>,
+    /// The listener's TLS config (`[listener.tls]`).
+    pub tls: Option<Arc<TlsMaterial>>,
+    /// Counters for gateway requests no caller could be matched to.
+    pub unidentified: Arc<RequestCounters>,
+}
+
+/// A principal's compiled grants, counters and limits.
+#[derive(Debug)]
+pub struct PrincipalState {
+    pub policy: Arc<Policy>,
     /// Request counters by `Policy::permissions()` index; the last is `permission="none"`.
     pub counters: Arc<[RequestCounters]>,
+    pub limiter: Arc<Limiter>,
+}
+
+impl Snapshot {
+    /// The key principal `i` sends.
+    pub fn credential_for(&self, i: usize) -> Option<&Arc<Credential>> {
+        let slot = self.config.principals.get(i)?.credential;
+        self.credentials.get(slot)?.as_ref()
+    }
+
+    /// Names of key sources with no valid key loaded.
+    pub fn missing_credentials(&self) -> Vec<&str> {
+        self.config
+            .credentials
+            .iter()
+            .zip(self.credentials.iter())
+            .filter(|(_, c)| c.is_none())
+            .map(|(n, _)| &*n.name)
+            .collect()
+    }
 }
 
 /// One counter table per catalogue permission, plus one for requests no route matched.
-pub fn request_counters(policy: &Policy) -> Arc<[RequestCounters]> {
+pub fn request_counters(caller: &Arc<str>, policy: &Policy) -> Arc<[RequestCounters]> {
     let none: Arc<str> = Arc::from("none");
     policy
         .permissions()
         .iter()
         .cloned()
         .chain(std::iter::once(none))
-        .map(RequestCounters::new)
+        .map(|p| RequestCounters::new(caller.clone(), p))
         .collect()
 }
 
@@ -52,8 +89,9 @@ pub struct Shared {
     started: Instant,
     /// Milliseconds since `started` at which the last proxied request arrived.
     last_request_ms: AtomicU64,
-    /// The last credential reload failure, for `/credential` (admin path only).
-    credential_error: ArcSwapOption<String>,
+    /// The last reload failure of each key source, by name, for `/credential` (admin path
+    /// and reload task only: never locked on the request path).
+    credential_errors: Mutex<BTreeMap<Arc<str>, String>>,
     /// Unix time of the last accepted key load.
     credential_reloaded_at: AtomicU64,
     /// Requests in flight (until their response body is done).
@@ -67,7 +105,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
-            credential_error: ArcSwapOption::empty(),
+            credential_errors: Mutex::default(),
             credential_reloaded_at: AtomicU64::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
@@ -83,12 +121,12 @@ impl Shared {
         self.snapshot.store(Arc::new(snapshot));
     }
 
-    /// Ready: a key is loaded and we are not draining.
+    /// Ready: every key source has a key and we are not draining.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining");
         }
-        if self.snapshot.load().credential.is_none() {
+        if self.snapshot.load().credentials.iter().any(Option::is_none) {
             return Err("credential_unavailable");
         }
         Ok(())
@@ -114,12 +152,23 @@ impl Shared {
         self.started.elapsed().saturating_sub(last)
     }
 
-    pub fn set_credential_error(&self, error: Option<String>) {
-        self.credential_error.store(error.map(Arc::new));
+    pub fn set_credential_error(&self, name: &Arc<str>, error: Option<String>) {
+        let mut errors = self
+            .credential_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match error {
+            Some(e) => errors.insert(name.clone(), e),
+            None => errors.remove(name),
+        };
     }
 
-    pub fn credential_error(&self) -> Option<Arc<String>> {
-        self.credential_error.load_full()
+    pub fn credential_error(&self, name: &str) -> Option<String> {
+        let errors = self
+            .credential_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        errors.get(name).cloned()
     }
 
     pub fn set_credential_reloaded_now(&self) {

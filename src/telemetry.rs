@@ -10,8 +10,8 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Proxied requests: `permission`, `decision` (allow, deny, reject, error, would_deny),
-/// `status`.
+/// Proxied requests: `caller` (the service, or the gateway caller; `unidentified`),
+/// `permission`, `decision` (allow, deny, reject, error, would_deny), `status`.
 pub const REQUESTS_TOTAL: &str = "sidekey_requests_total";
 /// Time from request arrival to response headers, seconds.
 pub const REQUEST_DURATION: &str = "sidekey_request_duration_seconds";
@@ -25,6 +25,8 @@ pub const UPSTREAM_UNAUTHORIZED_TOTAL: &str = "sidekey_upstream_unauthorized_tot
 pub const CREDENTIAL_RELOADS_TOTAL: &str = "sidekey_credential_reloads_total";
 /// Config reload attempts that found a change or failed: `result` (ok, invalid, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "sidekey_config_reloads_total";
+/// Listener certificate reloads that found a change or failed: `result` (ok, invalid).
+pub const TLS_RELOADS_TOTAL: &str = "sidekey_tls_reloads_total";
 /// Gauge 1 with the current key's `fingerprint` (rendered from the live snapshot).
 pub const CREDENTIAL_INFO: &str = "sidekey_credential_info";
 /// Unix time of the last accepted key load.
@@ -106,6 +108,7 @@ fn describe() {
     );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
+    describe_counter!(TLS_RELOADS_TOTAL, "Listener certificate reloads, by result");
 }
 
 /// `decision` label values, in table order.
@@ -121,16 +124,21 @@ const STATUSES: [u16; 24] = [
 /// then reached without a registry lookup (no hashing, no lock on the request path).
 #[derive(Debug)]
 pub struct RequestCounters {
+    caller: Arc<str>,
     permission: Arc<str>,
     slots: Box<[OnceLock<Counter>]>,
 }
 
 impl RequestCounters {
-    pub fn new(permission: Arc<str>) -> Self {
+    pub fn new(caller: Arc<str>, permission: Arc<str>) -> Self {
         let slots = (0..DECISIONS.len() * STATUSES.len())
             .map(|_| OnceLock::new())
             .collect();
-        Self { permission, slots }
+        Self {
+            caller,
+            permission,
+            slots,
+        }
     }
 
     pub fn increment(&self, decision: usize, status: StatusCode) {
@@ -146,7 +154,7 @@ impl RequestCounters {
 
     fn register(&self, decision: usize, status: StatusCode) -> Counter {
         let decision = DECISIONS.get(decision).copied().unwrap_or("error");
-        metrics::counter!(REQUESTS_TOTAL, "permission" => self.permission.to_string(), "decision" => decision, "status" => status.as_str().to_owned())
+        metrics::counter!(REQUESTS_TOTAL, "caller" => self.caller.to_string(), "permission" => self.permission.to_string(), "decision" => decision, "status" => status.as_str().to_owned())
     }
 }
 

@@ -2,6 +2,7 @@
 //! validated [`Config`] in one step. Every error names the file, the key path and the line,
 //! so `sidekey check` output can be acted on without reading the source.
 
+mod gateway;
 mod raw;
 mod validate;
 
@@ -29,8 +30,16 @@ pub struct Config {
     pub listener: Listener,
     pub admin: Admin,
     pub upstream: Upstream,
-    pub credential: CredentialConfig,
+    /// Every key source, by name: `default` is `[credential]`; a caller with its own
+    /// `credential` gets a slot named after it.
+    pub credentials: Vec<NamedCredential>,
+    /// Service shape: the one local service. Gateway shape: `gateway` (enforce).
     pub service: Service,
+    /// Who may call, each with its own grants and key. Service shape: one principal that
+    /// every (loopback) caller is; gateway shape: one per `[[caller]]`.
+    pub principals: Vec<Principal>,
+    /// `[[caller]]` entries were given: callers must identify themselves.
+    pub gateway: bool,
     /// Every catalogue route, by permission name then declaration order.
     pub catalogue: Vec<RouteSpec>,
     pub runtime: Runtime,
@@ -40,9 +49,59 @@ pub struct Config {
     pub tests: Vec<PolicyTest>,
 }
 
+/// A named key source.
+#[derive(Clone, Debug)]
+pub struct NamedCredential {
+    pub name: Arc<str>,
+    pub config: CredentialConfig,
+}
+
+/// One identity with its own grants and key.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: Arc<str>,
+    pub identity: Identity,
+    pub allow: Vec<Arc<str>>,
+    /// Index into `Config::credentials`.
+    pub credential: usize,
+    pub rate: Option<Rate>,
+    pub max_concurrent: Option<usize>,
+}
+
+/// How a caller proves who it is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Service shape: whoever reaches the loopback listener.
+    Local,
+    /// A verified client certificate naming this URI SAN, DNS SAN or CN.
+    ClientCert(String),
+    /// `Authorization: Bearer <token>` whose SHA-256 is this.
+    Token([u8; 32]),
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("Local"),
+            Self::ClientCert(san) => write!(f, "ClientCert({san})"),
+            // A hash, not the token; still no reason to print it.
+            Self::Token(_) => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
 /// One expected decision: `request = "METHOD TARGET"`, `expect = "allow|deny|reject"`.
 #[derive(Clone, Debug)]
 pub struct PolicyTest {
+    /// Index into `Config::principals` (gateway: the test's `caller`).
+    pub principal: usize,
     pub request: String,
     pub method: String,
     pub target: String,
@@ -90,6 +149,16 @@ impl Mode {
 pub struct Listener {
     pub address: std::net::SocketAddr,
     pub header_read_timeout: Duration,
+    /// `[listener.tls]`: serve HTTPS (required beyond loopback); hot-reloaded.
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Require (or, with token callers, accept) client certificates signed by these CAs.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,7 +196,7 @@ pub enum CredentialSource {
     Env(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialConfig {
     pub source: CredentialSource,
     pub header: HeaderName,
@@ -212,19 +281,34 @@ impl Config {
         Ok(config)
     }
 
-    /// The service's compiled allow-list: the catalogue, with `service.allow` resolved.
+    /// A principal's compiled allow-list: the catalogue, with its `allow` resolved.
     /// `run` (via the reload task), `check` and `explain` all build it here.
-    pub fn compile_policy(&self) -> crate::policy::Policy {
-        let allow = &self.service.allow;
+    pub fn compile_policy(&self, principal: &Principal) -> crate::policy::Policy {
+        let allow = &principal.allow;
         crate::policy::Policy::new(self.catalogue.clone(), |p| allow.iter().any(|a| **a == *p))
+    }
+
+    /// The principal named `name`.
+    pub fn principal(&self, name: &str) -> Option<(usize, &Principal)> {
+        self.principals
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.name == name)
     }
 
     /// Files whose changes should trigger a reload.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         files.extend(self.permissions_path.clone());
-        if let CredentialSource::File(f) = &self.credential.source {
-            files.push(f.clone());
+        for c in &self.credentials {
+            if let CredentialSource::File(f) = &c.config.source {
+                files.push(f.clone());
+            }
+        }
+        if let Some(tls) = &self.listener.tls {
+            files.push(tls.cert_file.clone());
+            files.push(tls.key_file.clone());
+            files.extend(tls.client_ca_file.clone());
         }
         files
     }

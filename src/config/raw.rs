@@ -27,11 +27,38 @@ pub(crate) struct RawConfig {
     /// Expected decisions that `sidekey check` runs (`[[test]]`).
     #[serde(default)]
     pub test: Vec<RawTest>,
+    /// Gateway shape: one entry per identified caller (`[[caller]]`).
+    #[serde(default)]
+    pub caller: Vec<RawCaller>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCaller {
+    pub name: Spanned<String>,
+    pub client_cert_san: Option<Spanned<String>>,
+    pub token_sha256: Option<Spanned<String>>,
+    pub allow: Spanned<Vec<Spanned<String>>>,
+    pub credential: Option<Spanned<RawCredential>>,
+    /// `"50/s"`, `"3000/m"`, `"100/h"`.
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub max_concurrent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
+    pub client_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTest {
+    /// Gateway shape: whose grants the expectation is about.
+    pub caller: Option<Spanned<String>>,
     pub request: Spanned<String>,
     pub expect: Spanned<String>,
 }
@@ -41,6 +68,7 @@ pub(crate) struct RawTest {
 pub(crate) struct RawListener {
     pub address: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawListenerTls>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -42,9 +42,12 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
     assert_eq!(c.upstream.authority.as_str(), "api.example.com");
     assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
-    assert_eq!(c.credential.source, CredentialSource::File(d.join("key")));
-    assert_eq!(c.credential.header, http::header::AUTHORIZATION);
-    assert_eq!(c.credential.prefix, "Bearer ");
+    assert_eq!(
+        c.credentials[0].config.source,
+        CredentialSource::File(d.join("key"))
+    );
+    assert_eq!(c.credentials[0].config.header, http::header::AUTHORIZATION);
+    assert_eq!(c.credentials[0].config.prefix, "Bearer ");
     assert_eq!(c.catalogue.len(), 2);
     assert_eq!(c.runtime.workers, 1);
 }

@@ -13,8 +13,9 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
 use super::{
-    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Expect, Limits, Listener, Mode,
-    PolicyTest, Protocol, Reload, Runtime, Service, Upstream, line_of,
+    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Expect, Identity, Limits,
+    Listener, Mode, NamedCredential, PolicyTest, Principal, Protocol, Reload, Runtime, Service,
+    Upstream, line_of,
 };
 use crate::policy::{Pattern, RouteSpec};
 
@@ -25,7 +26,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err<T>(
+    pub(crate) fn err<T>(
         &self,
         key: &str,
         span: Option<std::ops::Range<usize>>,
@@ -91,10 +92,15 @@ pub(crate) fn validate(
             raw.listener.header_read_timeout.as_ref(),
             "10s",
         )?,
+        tls: raw
+            .listener
+            .tls
+            .as_ref()
+            .map(|t| super::gateway::listener_tls(ctx, t.get_ref())),
     };
-    if !listener.address.ip().is_loopback() {
+    if !listener.address.ip().is_loopback() && listener.tls.is_none() {
         let span = raw.listener.address.as_ref().map(Spanned::span);
-        return ctx.err("listener.address", span, "the listener speaks plain HTTP and must be bound to a loopback address (127.0.0.1 or ::1)");
+        return ctx.err("listener.address", span, "a plain-HTTP listener must be bound to a loopback address (127.0.0.1 or ::1); beyond loopback, configure [listener.tls]");
     }
     let admin = Admin {
         address: address(
@@ -108,20 +114,9 @@ pub(crate) fn validate(
         return ctx.err("upstream", None, "missing table [upstream] with `url`");
     };
     let upstream = upstream(ctx, up)?;
-    let Some(cred) = raw.credential else {
-        return ctx.err(
-            "credential",
-            None,
-            "missing table [credential] with `file` or `env`",
-        );
-    };
-    let credential = credential(ctx, cred)?;
-    let Some(svc) = raw.service else {
-        return ctx.err(
-            "service",
-            None,
-            "missing table [service] with `name` and `allow`",
-        );
+    let default_credential = match &raw.credential {
+        Some(c) => Some(credential(ctx, "credential", c)?),
+        None => None,
     };
 
     // The catalogue: inline [permissions] and the file may both contribute, never the same name.
@@ -173,30 +168,81 @@ pub(crate) fn validate(
         }
     }
 
-    let name = svc.name.get_ref().trim();
-    if name.is_empty() {
-        return ctx.err("service.name", Some(svc.name.span()), "must not be empty");
-    }
-    if svc.allow.get_ref().is_empty() {
-        return ctx.err(
-            "service.allow",
-            Some(svc.allow.span()),
-            "grant at least one permission (default is deny-all, which serves nothing)",
-        );
-    }
-    let mut allow: Vec<Arc<str>> = Vec::new();
-    for perm in svc.allow.get_ref() {
-        let Some(known) = names.iter().find(|n| ***n == **perm.get_ref()) else {
+    let mut credentials: Vec<NamedCredential> = default_credential
+        .iter()
+        .map(|c| NamedCredential {
+            name: "default".into(),
+            config: c.clone(),
+        })
+        .collect();
+    let gateway = !raw.caller.is_empty();
+    let (service, principals) = match (raw.service, gateway) {
+        (Some(svc), true) => {
             return ctx.err(
-                "service.allow",
-                Some(perm.span()),
-                format!("permission `{}` is not in the catalogue", perm.get_ref()),
+                "service",
+                Some(svc.name.span()),
+                "use either [service] (one local service) or [[caller]] entries (a gateway), not both",
             );
-        };
-        if !allow.contains(known) {
-            allow.push(known.clone());
         }
-    }
+        (Some(svc), false) => {
+            let name = svc.name.get_ref().trim();
+            if name.is_empty() {
+                return ctx.err("service.name", Some(svc.name.span()), "must not be empty");
+            }
+            let allow = super::gateway::grants(ctx, "service.allow", &svc.allow, &names)?;
+            if default_credential.is_none() {
+                return ctx.err(
+                    "credential",
+                    None,
+                    "missing table [credential] with `file` or `env`",
+                );
+            }
+            let mode = mode(ctx, svc.mode.as_ref())?;
+            let principal = Principal {
+                name: name.into(),
+                identity: Identity::Local,
+                allow: allow.clone(),
+                credential: 0,
+                rate: None,
+                max_concurrent: None,
+            };
+            (
+                Service {
+                    name: name.into(),
+                    allow,
+                    mode,
+                },
+                vec![principal],
+            )
+        }
+        (None, true) => {
+            let client_ca = listener
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some());
+            let principals = super::gateway::callers(
+                ctx,
+                raw.caller,
+                &names,
+                default_credential.as_ref(),
+                &mut credentials,
+                client_ca,
+            )?;
+            let service = Service {
+                name: "gateway".into(),
+                allow: Vec::new(),
+                mode: Mode::Enforce,
+            };
+            (service, principals)
+        }
+        (None, false) => {
+            return ctx.err(
+                "service",
+                None,
+                "missing table [service] with `name` and `allow` (or [[caller]] entries for a gateway)",
+            );
+        }
+    };
 
     let runtime = Runtime {
         workers: workers(ctx, raw.runtime.workers.as_ref())?,
@@ -223,17 +269,6 @@ pub(crate) fn validate(
         )?,
     };
     let limits = limits(ctx, &raw.limits)?;
-    let mode = match svc.mode.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("enforce") => Mode::Enforce,
-        Some("report") => Mode::Report,
-        Some(other) => {
-            return ctx.err(
-                "service.mode",
-                svc.mode.as_ref().map(Spanned::span),
-                format!("`{other}` is not one of enforce, report"),
-            );
-        }
-    };
     let mut tests = Vec::with_capacity(raw.test.len());
     for (i, t) in raw.test.iter().enumerate() {
         let key = format!("test[{i}]");
@@ -257,7 +292,35 @@ pub(crate) fn validate(
                 );
             }
         };
+        let principal = match (&t.caller, gateway) {
+            (None, false) => 0,
+            (Some(c), true) => match principals.iter().position(|p| *p.name == **c.get_ref()) {
+                Some(i) => i,
+                None => {
+                    return ctx.err(
+                        &format!("{key}.caller"),
+                        Some(c.span()),
+                        format!("no [[caller]] is named `{}`", c.get_ref()),
+                    );
+                }
+            },
+            (None, true) => {
+                return ctx.err(
+                    &format!("{key}.caller"),
+                    Some(t.request.span()),
+                    "a gateway's tests name the `caller` whose grants they check",
+                );
+            }
+            (Some(c), false) => {
+                return ctx.err(
+                    &format!("{key}.caller"),
+                    Some(c.span()),
+                    "`caller` is for gateway configs ([[caller]] entries)",
+                );
+            }
+        };
         tests.push(PolicyTest {
+            principal,
             request: t.request.get_ref().clone(),
             method: method.to_owned(),
             target: target.to_owned(),
@@ -279,12 +342,10 @@ pub(crate) fn validate(
         listener,
         admin,
         upstream,
-        credential,
-        service: Service {
-            name: name.into(),
-            allow,
-            mode,
-        },
+        credentials,
+        service,
+        principals,
+        gateway,
         catalogue,
         runtime,
         reload,
@@ -499,28 +560,38 @@ fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, Conf
     })
 }
 
-fn credential(
+fn mode(ctx: &Ctx<'_>, raw: Option<&Spanned<String>>) -> Result<Mode, ConfigError> {
+    match raw.map(|m| m.get_ref().as_str()) {
+        None | Some("enforce") => Ok(Mode::Enforce),
+        Some("report") => Ok(Mode::Report),
+        Some(other) => ctx.err(
+            "service.mode",
+            raw.map(Spanned::span),
+            format!("`{other}` is not one of enforce, report"),
+        ),
+    }
+}
+
+/// A key source (`[credential]`, or a caller's own, named by `key`).
+pub(crate) fn credential(
     ctx: &Ctx<'_>,
-    cred: super::raw::RawCredential,
+    key: &str,
+    cred: &super::raw::RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
     let source = match (&cred.file, &cred.env) {
         (Some(f), None) => CredentialSource::File(ctx.dir.join(f.get_ref())),
         (None, Some(e)) if !e.get_ref().is_empty() => CredentialSource::Env(e.get_ref().clone()),
         (None, Some(e)) => {
             return ctx.err(
-                "credential.env",
+                &format!("{key}.env"),
                 Some(e.span()),
                 "must name an environment variable",
             );
         }
         (Some(_), Some(e)) => {
-            return ctx.err(
-                "credential",
-                Some(e.span()),
-                "set exactly one of `file` or `env`",
-            );
+            return ctx.err(key, Some(e.span()), "set exactly one of `file` or `env`");
         }
-        (None, None) => return ctx.err("credential", None, "set exactly one of `file` or `env`"),
+        (None, None) => return ctx.err(key, None, "set exactly one of `file` or `env`"),
     };
     let header_text = cred
         .header
@@ -529,14 +600,14 @@ fn credential(
     let header_span = cred.header.as_ref().map(Spanned::span);
     let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
         return ctx.err(
-            "credential.header",
+            &format!("{key}.header"),
             header_span,
             format!("`{header_text}` is not a header name"),
         );
     };
     if crate::inject::is_reserved(&header) {
         return ctx.err(
-            "credential.header",
+            &format!("{key}.header"),
             header_span,
             format!("`{header_text}` is a hop-by-hop or routing header"),
         );
@@ -548,7 +619,7 @@ fn credential(
         .to_owned();
     if HeaderValue::from_str(&prefix).is_err() {
         return ctx.err(
-            "credential.prefix",
+            &format!("{key}.prefix"),
             cred.prefix.as_ref().map(Spanned::span),
             "must be printable ASCII",
         );

@@ -61,6 +61,8 @@ pub struct Watched<B> {
     overflowed: Option<Arc<AtomicBool>>,
     drop_trailers: bool,
     _guard: Option<InFlightGuard>,
+    /// A gateway caller's concurrency slot, released with the body.
+    _caller_guard: Option<InFlightGuard>,
 }
 
 impl<B> Watched<B> {
@@ -73,7 +75,14 @@ impl<B> Watched<B> {
             overflowed: None,
             drop_trailers: false,
             _guard: guard,
+            _caller_guard: None,
         }
+    }
+
+    /// Also holds `guard` until the body is done.
+    pub fn holding(mut self, guard: Option<InFlightGuard>) -> Self {
+        self._caller_guard = guard;
+        self
     }
 
     /// Fails the body once more than `limit` bytes passed; the flag tells that it did.

@@ -27,6 +27,10 @@ pub enum ProxyError {
     Upstream(FailureKind),
     /// The upstream tried to switch protocols: never tunnelled.
     UpstreamUpgrade,
+    /// Gateway: no caller identity matched (reason: `caller::Unidentified::reason`).
+    CallerUnauthenticated(&'static str),
+    /// Gateway: the caller's rate or concurrency cap; retry after this many seconds.
+    RateLimited(u64),
 }
 
 impl ProxyError {
@@ -54,6 +58,8 @@ impl ProxyError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(kind) if kind.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) | Self::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
+            Self::CallerUnauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -70,13 +76,18 @@ impl ProxyError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Upstream(kind) if kind.is_timeout() => "upstream_timeout",
             Self::Upstream(_) | Self::UpstreamUpgrade => "upstream_unavailable",
+            Self::CallerUnauthenticated(_) => "caller_unauthenticated",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 
     /// `decision` label: refused by policy, refused as malformed, or failed after allowing.
     pub fn decision(&self) -> &'static str {
         match self {
-            Self::RouteNotAllowed | Self::PermissionDenied(_) => "deny",
+            Self::RouteNotAllowed
+            | Self::PermissionDenied(_)
+            | Self::CallerUnauthenticated(_)
+            | Self::RateLimited(_) => "deny",
             Self::InvalidRequest(_)
             | Self::MethodNotAllowed
             | Self::UriTooLong
@@ -101,6 +112,8 @@ impl ProxyError {
             Self::Upstream(kind) if kind.is_timeout() => format!("the upstream did not answer in time ({})", kind.as_str()),
             Self::Upstream(kind) => format!("the upstream could not be reached ({})", kind.as_str()),
             Self::UpstreamUpgrade => "the upstream tried to switch protocols; upgrades are not proxied".into(),
+            Self::CallerUnauthenticated(reason) => format!("this gateway serves identified callers only ({reason}): present your client certificate or caller token; nothing was sent upstream"),
+            Self::RateLimited(_) => "this caller is over its rate or concurrency limit; retry after the retry-after seconds".into(),
         }
     }
 
@@ -114,7 +127,7 @@ impl ProxyError {
         if let Self::PermissionDenied(p) = self {
             error["permission"] = serde_json::Value::from(&**p);
         }
-        if let Self::InvalidRequest(reason) = self {
+        if let Self::InvalidRequest(reason) | Self::CallerUnauthenticated(reason) = self {
             error["reason"] = serde_json::Value::from(*reason);
         }
         let body = serde_json::json!({ "error": error }).to_string();
@@ -135,6 +148,15 @@ impl ProxyError {
         }
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::RateLimited(secs) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if let Self::CallerUnauthenticated(_) = self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sidekey\""),
+            );
         }
         resp
     }

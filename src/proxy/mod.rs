@@ -20,8 +20,10 @@ use hyper::body::Incoming;
 
 pub use error::ProxyError;
 
+use crate::caller::{self, Peer};
 use crate::config::Mode;
 use crate::inject;
+use crate::limit::Limited;
 use crate::policy::{Route, Verdict};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
@@ -33,6 +35,8 @@ pub type ProxyBody = Either<Watched<Incoming>, Full<Bytes>>;
 
 /// What the access log and metrics need to know about one request.
 struct Outcome<'s> {
+    /// The identified principal (index into `config.principals`).
+    principal: Option<usize>,
     route: Option<&'s Route>,
     /// Report mode forwarded a request that enforcement would deny.
     would_deny: bool,
@@ -43,6 +47,7 @@ struct Outcome<'s> {
 /// Serves one request. Never fails: errors become JSON responses.
 pub async fn handle(
     shared: Arc<Shared>,
+    peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -51,15 +56,22 @@ pub async fn handle(
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
     let mut outcome = Outcome {
+        principal: None,
         route: None,
         would_deny: false,
         path: None,
         upstream_status: None,
     };
     let max = snap.config.limits.max_in_flight;
-    let result = match InFlightGuard::try_acquire(&shared.in_flight, max) {
-        Some(guard) => forward(&snap, req, &request_id, guard, &mut outcome).await,
-        None => Err(ProxyError::Overloaded),
+    let result = match caller::identify(&snap.config, &peer, req.headers()) {
+        Err(why) => Err(ProxyError::CallerUnauthenticated(why.reason())),
+        Ok(i) => {
+            outcome.principal = Some(i);
+            match InFlightGuard::try_acquire(&shared.in_flight, max) {
+                Some(guard) => forward(&snap, i, req, &request_id, guard, &mut outcome).await,
+                None => Err(ProxyError::Overloaded),
+            }
+        }
     };
     let (mut resp, decision, error) = match result {
         Ok(resp) if outcome.would_deny => (resp, "would_deny", None),
@@ -85,6 +97,7 @@ pub async fn handle(
 
 async fn forward<'s>(
     snap: &'s Snapshot,
+    principal: usize,
     req: Request<Incoming>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
@@ -94,7 +107,11 @@ async fn forward<'s>(
     // 1 + 2: method, target form, path screen; 3: the allow-list. Nothing has been read from
     // the body yet, so a refusal here never forwards (or even reads) a body byte, and
     // `Expect: 100-continue` is never answered with 100.
-    let verdict = snap.policy.evaluate(&parts.method, &parts.uri);
+    let state = snap
+        .principals
+        .get(principal)
+        .ok_or(ProxyError::CallerUnauthenticated("no_caller_identity"))?;
+    let verdict = state.policy.evaluate(&parts.method, &parts.uri);
     let route = match &verdict {
         Verdict::Allow { route, .. } | Verdict::PermissionDenied { route, .. } => Some(*route),
         _ => None,
@@ -122,9 +139,13 @@ async fn forward<'s>(
     inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
     // Fail closed: no key, nothing sent.
     let credential = snap
-        .credential
-        .as_ref()
+        .credential_for(principal)
         .ok_or(ProxyError::CredentialUnavailable)?;
+    // The caller's own limits count forwarded requests only (they guard the upstream quota).
+    let caller_guard = state.limiter.admit().map_err(|l| match l {
+        Limited::Rate(wait) => ProxyError::RateLimited(wait.as_secs() + 1),
+        Limited::Concurrency => ProxyError::RateLimited(1),
+    })?;
     let limits = &snap.config.limits;
     if let Some(max) = limits.max_request_body {
         let declared = parts
@@ -193,7 +214,7 @@ async fn forward<'s>(
     }
     inject::strip_response(resp.headers_mut());
     let idle = limits.body_idle_timeout;
-    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)))))
+    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard))))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,18 +230,24 @@ fn record(
 ) {
     let elapsed = start.elapsed();
     // Cached handles: no label allocation, hashing or registry lock per request.
-    let index = out
-        .route
-        .map_or(snap.counters.len().saturating_sub(1), |r| {
-            r.permission_index
-        });
     let d = telemetry::DECISIONS
         .iter()
         .position(|d| *d == decision)
         .unwrap_or(3);
-    if let Some(counters) = snap.counters.get(index) {
-        counters.increment(d, status);
+    match out.principal.and_then(|i| snap.principals.get(i)) {
+        Some(state) => {
+            let index = out
+                .route
+                .map_or(state.counters.len().saturating_sub(1), |r| {
+                    r.permission_index
+                });
+            if let Some(counters) = state.counters.get(index) {
+                counters.increment(d, status);
+            }
+        }
+        None => snap.unidentified.increment(d, status),
     }
+    let principal = out.principal.and_then(|i| snap.config.principals.get(i));
     telemetry::request_duration().record(elapsed.as_secs_f64());
     if let Some(e) = error {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
@@ -233,6 +260,7 @@ fn record(
         target: "sidekey::access",
         request_id = request_id.to_str().unwrap_or_default(),
         service = &*snap.config.service.name,
+        caller = principal.map(|p| &*p.name),
         method = method.as_str(),
         path = out.path.as_ref().map(PathAndQuery::path),
         permission = out.route.map(|r| &*r.permission),
@@ -242,6 +270,6 @@ fn record(
         upstream_status = out.upstream_status.map(|s| s.as_u16()),
         error = error.map(ProxyError::code),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        fingerprint = snap.credential.as_ref().map(|c| c.fingerprint()),
+        fingerprint = out.principal.and_then(|i| snap.credential_for(i)).map(|c| c.fingerprint()),
     );
 }

@@ -1,0 +1,148 @@
+//! Who is calling. Service shape: whoever reaches the loopback listener is the service.
+//! Gateway shape: a verified client certificate naming a caller's SAN, or a caller token
+//! in `Authorization: Bearer` (where SDKs already put an API key), checked against the
+//! stored SHA-256 values in constant time. The token is stripped with every other caller
+//! credential before forwarding.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Identity};
+
+/// What the connection proved: the names in a verified client certificate, if any.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub cert_names: Option<Arc<[String]>>,
+}
+
+/// Why a gateway caller was not identified (the `reason` in the 401 body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unidentified {
+    /// No client certificate a caller is bound to and no caller token.
+    Missing,
+    /// A token was presented that no caller has.
+    UnknownToken,
+    /// The certificate and the token name different callers.
+    Conflict,
+}
+
+impl Unidentified {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "no_caller_identity",
+            Self::UnknownToken => "unknown_token",
+            Self::Conflict => "conflicting_identities",
+        }
+    }
+}
+
+/// The index of the calling principal in `config.principals`.
+pub fn identify(config: &Config, peer: &Peer, headers: &HeaderMap) -> Result<usize, Unidentified> {
+    if !config.gateway {
+        return Ok(0);
+    }
+    let by_cert = peer.cert_names.as_deref().and_then(|names| {
+        config.principals.iter().position(
+            |p| matches!(&p.identity, Identity::ClientCert(san) if names.iter().any(|n| n == san)),
+        )
+    });
+    let by_token = match bearer_token(headers) {
+        Some(token) => {
+            let hash: [u8; 32] = Sha256::digest(token).into();
+            // Every stored hash is compared, all bytes each: no early exit to time.
+            let mut found = None;
+            for (i, p) in config.principals.iter().enumerate() {
+                if let Identity::Token(stored) = &p.identity {
+                    if constant_time_eq(stored, &hash) {
+                        found = Some(i);
+                    }
+                }
+            }
+            Some(found.ok_or(Unidentified::UnknownToken))
+        }
+        None => None,
+    };
+    match (by_cert, by_token) {
+        (Some(c), None) => Ok(c),
+        (Some(c), Some(Ok(t))) if c == t => Ok(c),
+        (Some(_), Some(Ok(_))) => Err(Unidentified::Conflict),
+        // A certificate identity stands; a stray unknown token is stripped like any header.
+        (Some(c), Some(Err(_))) => Ok(c),
+        (None, Some(t)) => t,
+        (None, None) => Err(Unidentified::Missing),
+    }
+}
+
+/// The token in `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value.get(7..)?.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    diff == 0
+}
+
+/// A fresh caller token: `skc_` and 64 hex characters (32 random bytes).
+pub fn new_token() -> Result<String, String> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    provider
+        .secure_random
+        .fill(&mut *bytes)
+        .map_err(|_| "no secure random source".to_owned())?;
+    let mut token = String::with_capacity(68);
+    token.push_str("skc_");
+    for b in bytes.iter() {
+        token.push_str(&format!("{b:02x}"));
+    }
+    Ok(token)
+}
+
+/// The `token_sha256` value for a token.
+pub fn token_sha256(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert("authorization", HeaderValue::from_static("bEaReR  abc "));
+        assert_eq!(bearer_token(&h), Some(&b"abc"[..]));
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn tokens_are_fresh_and_hash_as_documented() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("skc_") && a.len() == 68);
+        assert_eq!(
+            token_sha256("test"),
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+        assert!(constant_time_eq(&[7; 32], &[7; 32]));
+        assert!(!constant_time_eq(&[7; 32], &[8; 32]));
+    }
+}

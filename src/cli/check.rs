@@ -1,0 +1,239 @@
+//! `sidekey check`: validates the config, prints each principal's effective grants, runs the
+//! lints and the `[[test]]` expectations with the same `evaluate` as `run`.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{CheckOptions, EXIT_BAD_CONFIG, decision_of};
+use crate::config::{Config, CredentialSource, Expect, Identity, PolicyTest, Principal};
+use crate::policy::Policy;
+use crate::policy::lint::Lint;
+use crate::secret::{Credential, KeyError};
+
+/// Validates the config, prints the effective table, runs lints and `[[test]]`
+/// expectations. 0 ok, 1 failing tests (or lints with `--strict`), 64 bad config.
+pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let config = match Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+        gateway_keys_present(&c)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            if opts.json {
+                let _ = writeln!(out, "{}", serde_json::json!({"ok": false, "error": e}));
+            } else {
+                let _ = writeln!(err, "error: {e}");
+            }
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let policies: Vec<Policy> = config
+        .principals
+        .iter()
+        .map(|p| config.compile_policy(p))
+        .collect();
+    // Catalogue lints are the same for every caller: report each once.
+    let mut lints: Vec<(&Principal, Lint)> = Vec::new();
+    for (p, policy) in config.principals.iter().zip(&policies) {
+        for l in crate::policy::lint::lint(policy, &config.catalogue, &p.allow) {
+            let per_caller = l.kind == "granted_never_matches";
+            if per_caller || !lints.iter().any(|(_, o)| o.message == l.message) {
+                lints.push((p, l));
+            }
+        }
+    }
+    let results: Vec<(&PolicyTest, Expect)> = config
+        .tests
+        .iter()
+        .filter_map(|t| {
+            let policy = policies.get(t.principal)?;
+            Some((t, decision_of(policy, &t.method, &t.target)))
+        })
+        .collect();
+    let failed = results.iter().filter(|(t, got)| t.expect != *got).count();
+    let key_notes: Vec<(&str, KeyError)> = config
+        .credentials
+        .iter()
+        .filter_map(|c| Some((&*c.name, Credential::load(&c.config).err()?)))
+        .collect();
+    let lints_fail = opts.strict && !lints.is_empty();
+    let ok = failed == 0 && !lints_fail;
+    let lint_text = |p: &Principal, l: &Lint| {
+        if config.gateway && l.kind == "granted_never_matches" {
+            format!("caller `{}`: {}", p.name, l.message)
+        } else {
+            l.message.clone()
+        }
+    };
+    if opts.json {
+        let body = serde_json::json!({
+            "ok": ok,
+            "config": config.path.display().to_string(),
+            "service": &*config.service.name,
+            "mode": config.service.mode.as_str(),
+            "gateway": config.gateway,
+            "grants": config.principals.first().map(|p| grants(&config, p)),
+            "callers": config.principals.iter().map(|p| serde_json::json!({
+                "name": &*p.name,
+                "identity": identity(&p.identity),
+                "credential": config.credentials.get(p.credential).map(|c| &*c.name),
+                "grants": grants(&config, p),
+            })).collect::<Vec<_>>(),
+            "lints": lints.iter().map(|(p, l)| serde_json::json!({"kind": l.kind, "caller": &*p.name, "message": lint_text(p, l)})).collect::<Vec<_>>(),
+            "tests": results.iter().map(|(t, got)| serde_json::json!({
+                "request": t.request, "line": t.line, "expect": t.expect.as_str(), "got": got.as_str(), "pass": t.expect == *got,
+            })).collect::<Vec<_>>(),
+            "credential_note": key_notes.first().map(|(_, e)| e.to_string()),
+        });
+        let _ = writeln!(out, "{body}");
+    } else {
+        let _ = print_table(&config, out);
+        for (p, l) in &lints {
+            let level = if opts.strict { "error" } else { "warning" };
+            let _ = writeln!(out, "{level}: {}: {}", l.kind, lint_text(p, l));
+        }
+        for (t, got) in &results {
+            if t.expect != *got {
+                let _ = writeln!(
+                    out,
+                    "FAIL {}:{}: `{}` expected {}, got {}",
+                    config.path.display(),
+                    t.line,
+                    t.request,
+                    t.expect.as_str(),
+                    got.as_str()
+                );
+            }
+        }
+        if !results.is_empty() {
+            let _ = writeln!(
+                out,
+                "tests: {} passed, {failed} failed",
+                results.len() - failed
+            );
+        }
+        // The key is a runtime input (it may be mounted later), so its absence is a note here.
+        for (name, note) in &key_notes {
+            let _ = writeln!(
+                out,
+                "note: no valid API key for `{name}` right now ({note}); `run` would start not ready"
+            );
+        }
+    }
+    i32::from(!ok)
+}
+
+/// A gateway caller's own key file must exist (a typo would leave that caller failing
+/// closed forever). The service's key may be mounted later, so it is only a note.
+fn gateway_keys_present(config: &Config) -> Result<(), String> {
+    if !config.gateway {
+        return Ok(());
+    }
+    for c in &config.credentials {
+        if let CredentialSource::File(f) = &c.config.source {
+            if !f.exists() {
+                return Err(format!(
+                    "{}: credential `{}`: the key file {} does not exist",
+                    config.path.display(),
+                    c.name,
+                    f.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn identity(id: &Identity) -> String {
+    match id {
+        Identity::Local => "local".into(),
+        Identity::ClientCert(san) => format!("client_cert_san {san}"),
+        Identity::Token(_) => "token".into(),
+    }
+}
+
+fn grants(config: &Config, p: &Principal) -> serde_json::Map<String, serde_json::Value> {
+    p.allow
+        .iter()
+        .map(|perm| {
+            let routes: Vec<&str> = config
+                .catalogue
+                .iter()
+                .filter(|r| r.permission == *perm)
+                .map(|r| &*r.text)
+                .collect();
+            (perm.to_string(), serde_json::json!(routes))
+        })
+        .collect()
+}
+
+fn source(config: &Config, slot: usize) -> String {
+    match config.credentials.get(slot).map(|c| (&c.name, &c.config)) {
+        Some((name, c)) => {
+            let from = match &c.source {
+                CredentialSource::File(p) => format!("file {}", p.display()),
+                CredentialSource::Env(v) => format!("env ${v}"),
+            };
+            format!("`{name}` ({from}) -> header `{}`", c.header)
+        }
+        None => "none".into(),
+    }
+}
+
+fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "config ok: {}", config.path.display())?;
+    let tls = if config.listener.tls.is_some() {
+        " (tls)"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "listener {}{tls}  admin {}",
+        config.listener.address, config.admin.address
+    )?;
+    writeln!(out, "upstream {}", config.upstream.url)?;
+    for p in &config.principals {
+        if config.gateway {
+            writeln!(out, "caller {} ({})", p.name, identity(&p.identity))?;
+        } else {
+            writeln!(
+                out,
+                "service {} (mode {})",
+                config.service.name,
+                config.service.mode.as_str()
+            )?;
+        }
+        writeln!(out, "  credential {}", source(config, p.credential))?;
+        if let Some(r) = p.rate {
+            writeln!(out, "  rate {}/s, burst {}", r.per_second, r.burst)?;
+        }
+        if let Some(m) = p.max_concurrent {
+            writeln!(out, "  max_concurrent {m}")?;
+        }
+        for perm in &p.allow {
+            writeln!(out, "  {perm}")?;
+            for route in config.catalogue.iter().filter(|r| r.permission == *perm) {
+                writeln!(out, "    {}", route.text)?;
+            }
+        }
+        let mut denied: Vec<&str> = config
+            .catalogue
+            .iter()
+            .map(|r| &*r.permission)
+            .filter(|perm| !p.allow.iter().any(|a| &**a == *perm))
+            .collect();
+        denied.dedup();
+        if !denied.is_empty() {
+            writeln!(
+                out,
+                "  not granted (403 permission_denied): {}",
+                denied.join(", ")
+            )?;
+        }
+    }
+    if config.gateway {
+        writeln!(out, "unidentified callers: 401 caller_unauthenticated")?;
+    }
+    writeln!(out, "everything else: 403 route_not_allowed")
+}

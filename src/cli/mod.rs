@@ -1,0 +1,192 @@
+//! `sidekey check` and `sidekey explain`: the config and the policy as `run` sees them.
+//! Both write to a caller-supplied writer and return the process exit code.
+
+mod check;
+
+pub use check::check;
+
+use std::io::Write;
+use std::path::Path;
+
+use http::{Method, Uri};
+
+use crate::config::{Config, Expect, Mode, Principal};
+use crate::policy::{Policy, Verdict};
+use crate::proxy::ProxyError;
+
+/// Exit code for a bad config (BSD `EX_USAGE`, as linkerd uses).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// How `check` reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckOptions {
+    /// Lints become errors (exit 1).
+    pub strict: bool,
+    /// Machine-readable output.
+    pub json: bool,
+}
+
+/// The decision class of a verdict, as `[[test]] expect` names it.
+pub fn decision_of(policy: &Policy, method: &str, target: &str) -> Expect {
+    let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), target.parse::<Uri>())
+    else {
+        return Expect::Reject;
+    };
+    match policy.evaluate(&method, &uri) {
+        Verdict::Allow { .. } => Expect::Allow,
+        Verdict::PermissionDenied { .. } | Verdict::NoRoute { .. } => Expect::Deny,
+        Verdict::MethodNotAllowed | Verdict::Rejected(_) => Expect::Reject,
+    }
+}
+
+/// Loads a config for a command, printing the error; `Err` carries the exit code (64).
+pub fn load(path: &Path, err: &mut dyn Write) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        let _ = writeln!(err, "error: {e}");
+        EXIT_BAD_CONFIG
+    })
+}
+
+/// Prints the decision `run` would make. 0 allowed, 1 denied or rejected, 64 bad config.
+pub fn explain(
+    path: &Path,
+    caller: Option<&str>,
+    method: &str,
+    target: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let config = match load(path, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let principal = match pick(&config, caller) {
+        Ok(p) => p,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let policy = config.compile_policy(principal);
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        let _ = writeln!(
+            out,
+            "rejected: 400 invalid_request: `{method}` is not an HTTP method token"
+        );
+        return 1;
+    };
+    let uri: Uri = match target.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "rejected: 400 invalid_request: the target does not parse ({e})"
+            );
+            return 1;
+        }
+    };
+    let verdict = policy.evaluate(&method, &uri);
+    let _ = match (&verdict, ProxyError::from_verdict(&verdict)) {
+        (Verdict::Allow { route, path }, _) => {
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            writeln!(
+                out,
+                "allowed: {method} {target}\n  permission: {}\n  route:      {}\n  forwarded:  {}://{}{path}{query}",
+                route.permission, route.pattern, config.upstream.scheme, config.upstream.authority
+            )
+        }
+        (Verdict::PermissionDenied { route, .. }, Some(e)) => writeln!(
+            out,
+            "denied: {} {}: route `{}` needs permission `{}`, which {} `{}` is not granted",
+            e.status().as_u16(),
+            e.code(),
+            route.pattern,
+            route.permission,
+            if config.gateway { "caller" } else { "service" },
+            principal.name
+        ),
+        (Verdict::NoRoute { path }, Some(e)) => writeln!(
+            out,
+            "denied: {} {}: no catalogue route matches {method} {path}",
+            e.status().as_u16(),
+            e.code()
+        ),
+        (Verdict::MethodNotAllowed, Some(e)) => writeln!(
+            out,
+            "rejected: {} {}: {}",
+            e.status().as_u16(),
+            e.code(),
+            e.message()
+        ),
+        (Verdict::Rejected(rule), Some(e)) => writeln!(
+            out,
+            "rejected: {} {} ({}): {}",
+            e.status().as_u16(),
+            e.code(),
+            rule.reason(),
+            rule.describe()
+        ),
+        (_, None) => writeln!(out, "internal: a refusal without an error"),
+    };
+    if config.service.mode == Mode::Report
+        && matches!(
+            verdict,
+            Verdict::PermissionDenied { .. } | Verdict::NoRoute { .. }
+        )
+    {
+        let _ = writeln!(
+            out,
+            "  report mode: `run` forwards this request and logs it as would_deny"
+        );
+    }
+    i32::from(!matches!(verdict, Verdict::Allow { .. }))
+}
+
+/// The principal a command is about: the service, or the gateway caller named `caller`.
+pub fn pick<'c>(config: &'c Config, caller: Option<&str>) -> Result<&'c Principal, String> {
+    let names = || {
+        config
+            .principals
+            .iter()
+            .map(|p| &*p.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (caller, config.gateway) {
+        (None, false) => config
+            .principals
+            .first()
+            .ok_or_else(|| "the config has no service".to_owned()),
+        (None, true) => Err(format!(
+            "this is a gateway config: pass --caller (one of: {})",
+            names()
+        )),
+        (Some(name), _) => config
+            .principal(name)
+            .map(|(_, p)| p)
+            .ok_or_else(|| format!("no caller named `{name}` (callers: {})", names())),
+    }
+}
+
+/// `sidekey token new`: a fresh caller token, printed once, and the config line holding only
+/// its SHA-256. 0 ok, 1 no randomness.
+pub fn token_new(caller: &str, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let token = match crate::caller::new_token() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return 1;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "# caller token for `{caller}`: give it to the caller now; sidekey keeps only its hash\n\
+         token = \"{token}\"\n\n\
+         # paste into the gateway config:\n\
+         [[caller]]\n\
+         name = \"{caller}\"\n\
+         token_sha256 = \"{}\"",
+        crate::caller::token_sha256(&token)
+    );
+    0
+}
