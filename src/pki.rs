@@ -14,6 +14,9 @@ pub struct Ca {
 pub struct Leaf {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The same certificate and key as PEM (for files a listener reads).
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Ca {
@@ -35,6 +38,15 @@ impl Ca {
     /// The CA certificate, PEM (what a client trusts).
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// A client certificate whose only name is the URI SAN `uri` (a SPIFFE id, say).
+    pub fn client(&self, uri: &str) -> Result<Leaf, rcgen::Error> {
+        let uri = rcgen::string::Ia5String::try_from(uri)?;
+        self.leaf_with(&[], |p| {
+            p.subject_alt_names.push(rcgen::SanType::URI(uri));
+            p.distinguished_name = rcgen::DistinguishedName::new();
+        })
     }
 
     /// A server certificate for `names` (DNS names or IP addresses).
@@ -59,6 +71,8 @@ impl Ca {
         Ok(Leaf {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         })
     }
 }

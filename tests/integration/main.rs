@@ -10,6 +10,7 @@ mod adversarial;
 mod cli;
 mod confidentiality;
 mod faults;
+mod gateway;
 mod h2_faults;
 mod least_privilege;
 mod lifecycle;
