@@ -44,23 +44,33 @@ sample() { # rss_kb fds
   fds=$(ls "/proc/$pid/fd" | wc -l)
   echo "$rss $fds"
 }
-wrk -t1 -c"$conns" -d5s -s "$work/mix.lua" "$proxy" >/dev/null   # warm up: pools, buffers
-read -r rss0 fd0 < <(sample)
+warm="${SOAK_WARMUP:-30}"
+wrk -t1 -c"$conns" -d"${warm}s" -s "$work/mix.lua" "$proxy" >/dev/null   # warm up: pools, buffers, allocator
 wrk -t1 -c"$conns" -d"${secs}s" -s "$work/mix.lua" "$proxy" > "$work/wrk.out" &
 wrk_pid=$!
-# The trend, not just the ends: one sample every SOAK_EVERY seconds (default 60).
+# Under load, one sample every 5 s. Start and end are the medians of the first and the last
+# 30 s of samples (one sample catches the allocator mid-burst); the trend is printed too.
 every="${SOAK_EVERY:-60}"
 t=0
+: > "$work/samples"
 while kill -0 "$wrk_pid" 2>/dev/null; do
   sleep 1; t=$((t + 1))
-  if [ $((t % every)) = 0 ]; then read -r r f < <(sample); echo "  t=${t}s rss ${r} kB fds ${f}"; fi
+  if [ $((t % 5)) = 0 ] && kill -0 "$wrk_pid" 2>/dev/null; then
+    read -r r f < <(sample); echo "$t $r $f" >> "$work/samples"
+    if [ $((t % every)) = 0 ]; then echo "  t=${t}s rss ${r} kB fds ${f}"; fi
+  fi
 done
 wait "$wrk_pid"
-read -r rss1 fd1 < <(sample)
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rss0=$(awk '$1 <= 30 {print $2}' "$work/samples" | median)
+fd0=$(awk '$1 <= 30 {print $3}' "$work/samples" | median)
+last=$(tail -1 "$work/samples" | awk '{print $1}')
+rss1=$(awk -v l="$last" '$1 > l - 30 {print $2}' "$work/samples" | median)
+fd1=$(awk -v l="$last" '$1 > l - 30 {print $3}' "$work/samples" | median)
 reqs=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 echo "soak: ${secs}s, $rate_note, mixed allowed/denied/malformed, $reqs requests"
-echo "start: rss ${rss0} kB, fds ${fd0}"
-echo "end:   rss ${rss1} kB, fds ${fd1}"
+echo "start (median of the first 30 s under load): rss ${rss0} kB, fds ${fd0}"
+echo "end   (median of the last 30 s under load):  rss ${rss1} kB, fds ${fd1}"
 ok=1
 awk -v a="$rss0" -v b="$rss1" 'BEGIN { exit !(b <= a * 1.10) }' || { echo "FAIL: RSS grew more than 10%"; ok=0; }
 awk -v a="$fd0" -v b="$fd1" 'BEGIN { exit !(b <= a * 1.10 + 1) }' || { echo "FAIL: fd count grew more than 10%"; ok=0; }

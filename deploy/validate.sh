@@ -15,7 +15,7 @@ export PATH="$venv/bin:$PATH"
 out="$root/target/deploy-rendered"
 rm -rf "$out" && mkdir -p "$out"
 status=0
-for k in "$root"/deploy/kubernetes/base "$root"/deploy/kubernetes/overlays/*/; do
+for k in "$root"/deploy/kubernetes/base "$root"/deploy/kubernetes/overlays/*/ "$root"/deploy/kubernetes/gateway; do
   name="$(basename "$k")"
   kubectl kustomize "$k" > "$out/$name.yaml"
   echo "== rendered $name ($(grep -c '^kind:' "$out/$name.yaml") objects)"
@@ -29,4 +29,11 @@ echo "== hadolint deploy/Dockerfile"
 hadolint "$root/deploy/Dockerfile" || status=1
 echo "== sidekey check on the ConfigMap's config"
 cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- check --strict --config "$root/deploy/kubernetes/base/sidekey.toml" || status=1
+echo "== sidekey check on the gateway's config (mounted key files stood in by placeholders)"
+gw="$out/gateway-check"
+mkdir -p "$gw"
+cp "$root"/deploy/kubernetes/gateway/*.toml "$gw/"
+sed -i "s|/var/run/secrets/|$gw/secrets/|g" "$gw/sidekey-gateway.toml"
+for s in banata-internal banata-ci; do mkdir -p "$gw/secrets/$s" && echo "placeholder-key" > "$gw/secrets/$s/api-key"; done
+cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- check --strict --config "$gw/sidekey-gateway.toml" || status=1
 exit "$status"
