@@ -106,6 +106,7 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let snap = shared.load();
     let mut text = telemetry::metrics().render();
+    telemetry::request_duration().render(&mut text);
     let ready = u8::from(shared.readiness().is_ok());
     let _ = writeln!(
         text,

@@ -5,9 +5,11 @@
 use std::sync::{Arc, OnceLock};
 
 use http::StatusCode;
-use metrics::{Counter, Histogram};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::Counter;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// Proxied requests: `caller` (the service, or the gateway caller; `unidentified`),
@@ -73,13 +75,7 @@ pub fn init_logging(format: LogFormat) {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let buckets = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &buckets)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder is installed; then ours renders nothing, which the
         // admin tests would show.
@@ -90,15 +86,10 @@ pub fn metrics() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_histogram};
+    use metrics::describe_counter;
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests handled, by permission, decision and status"
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time to response headers"
     );
     describe_counter!(ERRORS_TOTAL, "Errors answered by sidekey itself, by code");
     describe_counter!(UPSTREAM_ERRORS_TOTAL, "Upstream failures, by kind");
@@ -158,20 +149,114 @@ impl RequestCounters {
     }
 }
 
-/// The request-duration histogram handle (no labels), looked up once.
-pub fn request_duration() -> &'static Histogram {
-    static H: OnceLock<Histogram> = OnceLock::new();
-    H.get_or_init(|| metrics::histogram!(REQUEST_DURATION))
+/// Upper bounds of the request-duration buckets, seconds.
+const DURATION_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `sidekey_request_duration_seconds`: fixed buckets of atomics, recorded with one
+/// increment and rendered by `/metrics`. (The exporter's histogram keeps every raw sample
+/// until its next upkeep: at saturation that was megabytes and an allocation per 64
+/// requests.)
+#[derive(Debug)]
+pub struct DurationHistogram {
+    /// Per bucket (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; DURATION_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
 }
 
-/// Drains histogram samples into their buckets every few seconds. Without it the recorder
-/// keeps every raw sample until `/metrics` is scraped, which grows memory without bound on an
-/// unscraped sidecar (found by `benches/soak.sh`).
+impl DurationHistogram {
+    const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; DURATION_BOUNDS.len() + 1],
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = DURATION_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BOUNDS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for the histogram (cumulative buckets, sum, count).
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP {REQUEST_DURATION} Time to response headers\n# TYPE {REQUEST_DURATION} histogram"
+        );
+        let mut total = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            match DURATION_BOUNDS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{REQUEST_DURATION}_bucket{{le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{REQUEST_DURATION}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{REQUEST_DURATION}_sum {sum}\n{REQUEST_DURATION}_count {total}"
+        );
+    }
+}
+
+/// The process-wide request-duration histogram.
+pub fn request_duration() -> &'static DurationHistogram {
+    static H: DurationHistogram = DurationHistogram::new();
+    &H
+}
+
+/// Drains any exporter histogram samples into their buckets every few seconds. Without it
+/// the recorder keeps every raw sample until `/metrics` is scraped, which grew memory without
+/// bound on an unscraped sidecar (found by `benches/soak.sh`; the request-duration histogram
+/// has since moved to [`DurationHistogram`], this guards any other).
 pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics().run_upkeep(),
             () = crate::serve::stopped(&mut stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn duration_buckets_are_cumulative() {
+        let h = DurationHistogram::new();
+        h.record(Duration::from_micros(100));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out);
+        assert!(
+            out.contains("sidekey_request_duration_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("sidekey_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(out.contains("sidekey_request_duration_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(out.contains("sidekey_request_duration_seconds_bucket{le=\"10\"} 2\n"));
+        assert!(out.contains("sidekey_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("sidekey_request_duration_seconds_count 3\n"));
+        assert!(
+            out.contains("sidekey_request_duration_seconds_sum 60.0031\n"),
+            "{out}"
+        );
     }
 }

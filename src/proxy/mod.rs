@@ -27,11 +27,11 @@ use crate::limit::Limited;
 use crate::policy::{Route, Verdict};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
-use crate::upstream::FailureKind;
+use crate::upstream::{FailureKind, UpstreamBody};
 use body::{InFlightGuard, Watched};
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
-pub type ProxyBody = Either<Watched<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
 
 /// What the access log and metrics need to know about one request.
 struct Outcome<'s> {
@@ -171,13 +171,8 @@ async fn forward<'s>(
         }
     };
     out.path = Some(pq.clone());
-    let upstream_cfg = &snap.config.upstream;
-    parts.uri = Uri::builder()
-        .scheme(upstream_cfg.scheme.clone())
-        .authority(upstream_cfg.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?;
+    // Origin-form: the upstream client adds the configured origin (never the inbound Host).
+    parts.uri = Uri::from(pq);
     // 4: strip, then inject exactly one credential header.
     inject::apply(&mut parts.headers, credential);
     parts.headers.insert("x-request-id", request_id.clone());
@@ -248,7 +243,7 @@ fn record(
         None => snap.unidentified.increment(d, status),
     }
     let principal = out.principal.and_then(|i| snap.config.principals.get(i));
-    telemetry::request_duration().record(elapsed.as_secs_f64());
+    telemetry::request_duration().record(elapsed);
     if let Some(e) = error {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
         if let ProxyError::Upstream(kind) = e {

@@ -14,6 +14,7 @@ mod gateway;
 mod h2_faults;
 mod least_privilege;
 mod lifecycle;
+mod pooling;
 mod proxy;
 mod rotation;
 mod streaming;

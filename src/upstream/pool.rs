@@ -1,0 +1,166 @@
+//! The upstream connection pool: HTTP/1.1 connections reused one request at a time (most
+//! recently used first), or one multiplexed HTTP/2 connection. A request checks a
+//! connection out without spawning anything; an HTTP/1.1 connection goes back to the pool
+//! when its response body has been read to the end (never before: a long stream must not
+//! block the next request), and is dropped if the body ends early or fails.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+
+use super::RequestBody;
+
+/// Most idle HTTP/1.1 connections kept.
+const MAX_IDLE: usize = 256;
+
+/// A connection ready for one request.
+pub(super) enum Conn {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+struct Idle {
+    tx: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+pub(super) struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub(super) fn new(idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            idle_timeout,
+        }
+    }
+
+    /// A pooled connection that can take a request now, if there is one.
+    pub(super) async fn checkout(&self) -> Option<Conn> {
+        {
+            let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+            match h2.as_ref() {
+                Some(tx) if !tx.is_closed() => return Some(Conn::H2(tx.clone())),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            if idle.tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            let mut tx = idle.tx;
+            if tx.is_ready() {
+                return Some(Conn::H1(tx));
+            }
+            // Released a moment ago: its connection task has not caught up yet.
+            if tx.ready().await.is_ok() {
+                return Some(Conn::H1(tx));
+            }
+        }
+    }
+
+    /// Shares a new HTTP/2 connection with later requests.
+    pub(super) fn set_h2(&self, tx: http2::SendRequest<RequestBody>) {
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+    }
+
+    /// Forgets the shared HTTP/2 connection (it refused a request).
+    pub(super) fn clear_h2(&self) {
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn release(&self, tx: http1::SendRequest<RequestBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// An upstream response body; an HTTP/1.1 connection rides along and goes back to the pool
+/// at the end of the body.
+pub struct UpstreamBody {
+    inner: Incoming,
+    release: Option<(http1::SendRequest<RequestBody>, Arc<Pool>)>,
+}
+
+impl UpstreamBody {
+    pub(super) fn h1(
+        inner: Incoming,
+        tx: http1::SendRequest<RequestBody>,
+        pool: &Arc<Pool>,
+    ) -> Self {
+        let mut body = Self {
+            inner,
+            release: Some((tx, pool.clone())),
+        };
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
+        body
+    }
+
+    pub(super) fn h2(inner: Incoming) -> Self {
+        Self {
+            inner,
+            release: None,
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some((tx, pool)) = self.release.take() {
+            pool.release(tx);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            // A broken body leaves the connection in an unknown state: never reuse it.
+            Some(Err(_)) => this.release = None,
+            Some(Ok(_)) if this.inner.is_end_stream() => this.give_back(),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

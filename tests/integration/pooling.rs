@@ -1,0 +1,99 @@
+//! The upstream pool: keep-alive connections are reused (HTTP/1.1 one request at a time,
+//! HTTP/2 multiplexed), a connection goes back only when its response body has ended, so a
+//! long stream never holds up the next request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use http_body_util::channel::Channel;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::support::*;
+
+fn with_protocol(url: &str, protocol: &str) -> String {
+    config_text(url, "").replace(
+        "response_timeout = \"2s\"",
+        &format!("response_timeout = \"2s\"\nprotocol = \"{protocol}\""),
+    )
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_connection() {
+    for protocol in ["http1", "http2", "auto"] {
+        let up = Upstream::banata().await;
+        let p = TestProxy::start(&up, Some(KEY), &with_protocol(&up.mock.url(), protocol)).await;
+        for _ in 0..20 {
+            let r = get(p.addr, "/v1/sandboxes").await;
+            assert_eq!(r.status, 200, "{protocol}");
+        }
+        assert_eq!(up.mock.requests().len(), 20);
+        assert_eq!(up.mock.connections(), 1, "{protocol}");
+        // HTTP/2 only when asked for or negotiated.
+        let version = up.mock.requests()[0].version;
+        let want = if protocol == "http1" {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_2
+        };
+        assert_eq!(version, want, "{protocol}");
+        p.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_stream_never_holds_up_the_next_request() {
+    // `/v1/sandboxes/sb_1` streams until released; everything else answers at once.
+    let (release_tx, release_rx) = mpsc::channel::<()>(1);
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let up = Upstream::with(Arc::new(move |req| {
+        let release_rx = release_rx.clone();
+        Box::pin(async move {
+            if req.uri().path() != "/v1/sandboxes/sb_1" {
+                return sidekey::mock::json(http::StatusCode::OK, &serde_json::json!({}));
+            }
+            let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+            let mut release = release_rx.lock().await.take();
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"data: one\n\n")).await;
+                if let Some(r) = release.as_mut() {
+                    let _ = r.recv().await;
+                }
+            });
+            http::Response::new(body.boxed())
+        })
+    }))
+    .await;
+    let p = TestProxy::start(&up, Some(KEY), &with_protocol(&up.mock.url(), "http1")).await;
+    let mut sender = connect_h1(p.addr).await;
+    let req = Request::get("/v1/sandboxes/sb_1")
+        .header("host", "x")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let mut stream = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.frame()).await;
+    assert!(first.is_ok(), "the stream did not start");
+    // While the stream is open, another request gets its own connection and completes.
+    let r = tokio::time::timeout(Duration::from_secs(5), get(p.addr, "/v1/sandboxes"))
+        .await
+        .expect("held up behind the stream");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.mock.connections(), 2);
+    // The stream ends; its connection goes back to the pool and is reused.
+    release_tx.send(()).await.unwrap();
+    while let Some(frame) = stream.frame().await {
+        frame.unwrap();
+    }
+    for _ in 0..5 {
+        assert_eq!(get(p.addr, "/v1/sandboxes").await.status, 200);
+    }
+    assert_eq!(
+        up.mock.connections(),
+        2,
+        "an ended stream's connection was not reused"
+    );
+    p.stop().await;
+}
