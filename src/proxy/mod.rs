@@ -268,3 +268,20 @@ fn record(
         fingerprint = out.principal.and_then(|i| snap.credential_for(i)).map(|c| c.fingerprint()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// hyper moves each request's future into its connection state, so its size is copied
+    /// per request. With the upstream connect path inlined it was 9.5 KB here (32 KB in a
+    /// release build) and memmove was 6% of the proxy's CPU; boxing the rare, large parts
+    /// brought it under 2 KB. A structural guard, not a timing test.
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(super::handle);
+        assert!(size < 4096, "proxy::handle's future is {size} bytes");
+    }
+}

@@ -148,7 +148,10 @@ impl Upstream {
         &self,
         req: http::Request<RequestBody>,
     ) -> Result<http::Response<UpstreamBody>, FailureKind> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(req)).await {
+        // Boxed once here: `send` is awaited inside every request's future, which hyper and
+        // tokio move around; a small future there is cheaper than copying this one.
+        let exchange = Box::pin(self.exchange(req));
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(FailureKind::ResponseTimeout),
             Ok(result) => result,
         }
@@ -217,7 +220,16 @@ impl Upstream {
     }
 
     /// Opens a connection (TCP + TLS within `connect_timeout`) and hands it to hyper.
-    async fn connect(&self) -> Result<Conn, BoxError> {
+    /// Boxed: the connect path (TLS and HTTP/2 handshakes) is rare and its future is large;
+    /// inline, it would be part of every request's future and copied with it.
+    fn connect(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send + '_>>
+    {
+        Box::pin(self.open())
+    }
+
+    async fn open(&self) -> Result<Conn, BoxError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.origin.clone()).await?;
