@@ -106,6 +106,9 @@ fn connection_named(headers: &HeaderMap, into: &mut Vec<HeaderName>) {
 
 /// Strips the request headers and injects `credential` (exactly one value).
 pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
+    // Host is in every request: removed directly, so the usual request strips nothing else
+    // and the list below never allocates.
+    headers.remove(header::HOST);
     let mut doomed = Vec::new();
     connection_named(headers, &mut doomed);
     doomed.extend(

@@ -140,9 +140,10 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Notes that a request arrived (for the idle-drain on shutdown).
-    pub fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    /// Notes that a request arrived at `at` (for the idle-drain on shutdown).
+    pub fn touch(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.started);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         self.last_request_ms.store(ms, Ordering::Relaxed);
     }
 

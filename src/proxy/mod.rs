@@ -51,7 +51,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    shared.touch();
+    shared.touch(start);
     let snap = shared.load();
     let request_id = request_id::from_headers(req.headers());
     let method = req.method().clone();
@@ -68,7 +68,9 @@ pub async fn handle(
         Ok(i) => {
             outcome.principal = Some(i);
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
-                Some(guard) => forward(&snap, i, req, &request_id, guard, &mut outcome).await,
+                Some(guard) => {
+                    forward(start, &snap, i, req, &request_id, guard, &mut outcome).await
+                }
                 None => Err(ProxyError::Overloaded),
             }
         }
@@ -96,6 +98,7 @@ pub async fn handle(
 }
 
 async fn forward<'s>(
+    started: Instant,
     snap: &'s Snapshot,
     principal: usize,
     req: Request<Incoming>,
@@ -192,7 +195,10 @@ async fn forward<'s>(
             None => (Either::Left(body), None),
         }
     };
-    let sent = snap.upstream.send(Request::from_parts(parts, body)).await;
+    let sent = snap
+        .upstream
+        .send(Request::from_parts(parts, body), started)
+        .await;
     let too_large = overflowed.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
     let mut resp = match sent {
         Err(_) if too_large => return Err(ProxyError::PayloadTooLarge),

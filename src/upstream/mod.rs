@@ -143,15 +143,18 @@ impl Upstream {
     }
 
     /// Sends one request (origin-form target) to the upstream; resolves when response
-    /// headers arrive (the body streams after).
+    /// headers arrive (the body streams after). `started` is when the request arrived (the
+    /// response deadline counts from it; no clock read here).
     pub async fn send(
         &self,
         req: http::Request<RequestBody>,
+        started: std::time::Instant,
     ) -> Result<http::Response<UpstreamBody>, FailureKind> {
         // Boxed once here: `send` is awaited inside every request's future, which hyper and
         // tokio move around; a small future there is cheaper than copying this one.
-        let exchange = Box::pin(self.exchange(req));
-        match tokio::time::timeout(self.response_timeout, exchange).await {
+        let exchange = Box::pin(self.exchange(req, started));
+        let deadline = tokio::time::Instant::from_std(started) + self.response_timeout;
+        match tokio::time::timeout_at(deadline, exchange).await {
             Err(_) => Err(FailureKind::ResponseTimeout),
             Ok(result) => result,
         }
@@ -160,6 +163,7 @@ impl Upstream {
     async fn exchange(
         &self,
         mut req: http::Request<RequestBody>,
+        started: std::time::Instant,
     ) -> Result<http::Response<UpstreamBody>, FailureKind> {
         // An HTTP/2 stream the upstream refused (REFUSED_STREAM) or left above its GOAWAY's
         // last stream id was provably not processed: replayed once, if it had no body.
@@ -171,7 +175,7 @@ impl Upstream {
         // back: it goes once more, on a new connection.
         let mut stale_retry = true;
         loop {
-            let (conn, reused) = match self.pool.checkout().await {
+            let (conn, reused) = match self.pool.checkout(started).await {
                 Some(c) => (c, true),
                 None => (
                     self.connect().await.map_err(|e| classify_connect(&*e))?,

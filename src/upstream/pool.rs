@@ -45,8 +45,9 @@ impl Pool {
         }
     }
 
-    /// A pooled connection that can take a request now, if there is one.
-    pub(super) async fn checkout(&self) -> Option<Conn> {
+    /// A pooled connection that can take a request now, if there is one. `now` is the
+    /// request's arrival (close enough for an idle timeout; saves a clock read).
+    pub(super) async fn checkout(&self, now: Instant) -> Option<Conn> {
         {
             let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
             match h2.as_ref() {
@@ -61,7 +62,8 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop()?;
-            if idle.tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+            let idle_for = now.saturating_duration_since(idle.since);
+            if idle.tx.is_closed() || idle_for > self.idle_timeout {
                 continue;
             }
             let mut tx = idle.tx;
