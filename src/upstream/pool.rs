@@ -91,12 +91,18 @@ impl Pool {
         if tx.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checkout takes from the top, so the bottom is the longest idle: close it once it
+        // is past the idle timeout (a steady load never reaches it otherwise).
+        if idle
+            .first()
+            .is_some_and(|oldest| now.saturating_duration_since(oldest.since) > self.idle_timeout)
+        {
+            idle.remove(0);
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            idle.push(Idle { tx, since: now });
         }
     }
 }
