@@ -124,17 +124,39 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
     headers.insert(credential.header().clone(), credential.value().clone());
 }
 
+/// The hop-by-hop set as header names (see [`is_hop_by_hop`]).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Strips hop-by-hop headers (and those named by `Connection`) from an upstream response.
+/// Runs on every response: names listed in `Connection` are collected only when they are
+/// not hop-by-hop already (`Connection: keep-alive`, the usual case, allocates nothing).
 pub fn strip_response(headers: &mut HeaderMap) {
-    let mut doomed = Vec::new();
-    connection_named(headers, &mut doomed);
-    doomed.extend(
-        headers
-            .keys()
-            .filter(|n| is_hop_by_hop(n.as_str()))
-            .cloned(),
-    );
-    for name in &doomed {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
@@ -247,5 +269,17 @@ mod tests {
         strip_response(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+        // Case-insensitive tokens, `close`, and names that are hop-by-hop anyway.
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, close , X-B"),
+            ("x-b", "1"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("x-kept", "1"),
+        ]);
+        strip_response(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 }
