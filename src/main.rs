@@ -77,6 +77,9 @@ enum Command {
         /// Only requests newer than this (e.g. 24h, 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+        /// Gateway configs: the caller whose traffic and grants to compare.
+        #[arg(long)]
+        caller: Option<String>,
     },
     /// Print the decision `run` would make for one request.
     #[command(
@@ -173,10 +176,12 @@ fn main() -> ExitCode {
             config,
             access_log,
             since,
+            caller,
         } => sidekey::suggest::run(
             &config,
             &access_log,
             since,
+            caller.as_deref(),
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),

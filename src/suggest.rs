@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use http::Method;
 
 use crate::cli::EXIT_BAD_CONFIG;
-use crate::config::Config;
+use crate::config::{Config, Principal};
 use crate::policy::Policy;
 
 /// What the log held, tallied.
@@ -27,8 +27,14 @@ pub struct Tally {
     pub skipped: u64,
 }
 
-/// Tallies access-log lines against the catalogue of `config`.
-pub fn tally(config: &Config, log: impl BufRead, since: Option<SystemTime>) -> Tally {
+/// Tallies access-log lines against the catalogue of `config` (only `caller`'s lines, when
+/// given: a gateway's log interleaves every caller).
+pub fn tally(
+    config: &Config,
+    log: impl BufRead,
+    since: Option<SystemTime>,
+    caller: Option<&str>,
+) -> Tally {
     // Grants do not matter here: every catalogue route counts.
     let policy = Policy::new(config.catalogue.clone(), |_| true);
     let mut t = Tally::default();
@@ -42,7 +48,8 @@ pub fn tally(config: &Config, log: impl BufRead, since: Option<SystemTime>) -> T
             t.skipped += 1;
             continue;
         };
-        if target != "sidekey::access" || v["decision"] == "reject" {
+        let other_caller = caller.is_some_and(|c| v["caller"].as_str() != Some(c));
+        if target != "sidekey::access" || v["decision"] == "reject" || other_caller {
             t.skipped += 1;
             continue;
         }
@@ -72,6 +79,7 @@ pub fn run(
     config_path: &Path,
     log_path: &Path,
     since: Option<Duration>,
+    caller: Option<&str>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
@@ -79,40 +87,56 @@ pub fn run(
         Ok(c) => c,
         Err(code) => return code,
     };
+    let principal = match crate::cli::pick(&config, caller) {
+        Ok(p) => p.clone(),
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    // In a gateway log, only this caller's lines count.
+    let only = config.gateway.then_some(&*principal.name);
     let since = since.and_then(|d| SystemTime::now().checked_sub(d));
     let t = if log_path == Path::new("-") {
-        tally(&config, std::io::stdin().lock(), since)
+        tally(&config, std::io::stdin().lock(), since, only)
     } else {
         match std::fs::File::open(log_path) {
-            Ok(f) => tally(&config, std::io::BufReader::new(f), since),
+            Ok(f) => tally(&config, std::io::BufReader::new(f), since, only),
             Err(e) => {
                 let _ = writeln!(err, "error: cannot read {}: {e}", log_path.display());
                 return EXIT_BAD_CONFIG;
             }
         }
     };
-    let _ = print(&t, &config, out);
+    let _ = print(&t, &principal, config.gateway, out);
     0
 }
 
-fn print(t: &Tally, config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+fn print(
+    t: &Tally,
+    principal: &Principal,
+    gateway: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     writeln!(
         out,
-        "# {} requests observed ({} lines skipped); service `{}`",
-        t.requests, t.skipped, config.service.name
+        "# {} requests observed ({} lines skipped); {} `{}`",
+        t.requests,
+        t.skipped,
+        if gateway { "caller" } else { "service" },
+        principal.name
     )?;
     let names: Vec<String> = t.permissions.keys().map(|p| format!("\"{p}\"")).collect();
     writeln!(out, "allow = [{}]", names.join(", "))?;
     for (p, n) in &t.permissions {
-        let now = if config.service.allow.iter().any(|a| **a == **p) {
+        let now = if principal.allow.iter().any(|a| **a == **p) {
             "granted now"
         } else {
             "NOT granted now"
         };
         writeln!(out, "#   {p}: {n} requests ({now})")?;
     }
-    let unused: Vec<&str> = config
-        .service
+    let unused: Vec<&str> = principal
         .allow
         .iter()
         .filter(|a| !t.permissions.contains_key(&***a))
@@ -135,4 +159,37 @@ fn print(t: &Tally, config: &Config, out: &mut dyn Write) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_log_is_tallied_per_caller() {
+        let dir = std::env::temp_dir().join(format!("sidekey-suggest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), "sk_test_x").unwrap();
+        let path = dir.join("gw.toml");
+        let hash = crate::caller::token_sha256("t");
+        let text = format!(
+            "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nfile = \"k\"\n\
+             [permissions]\nread = [\"GET /v1/x\"]\nwrite = [\"POST /v1/x\"]\n\
+             [[caller]]\nname = \"a\"\ntoken_sha256 = \"{hash}\"\nallow = [\"read\"]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let log = [
+            r#"{"target":"sidekey::access","caller":"a","method":"GET","path":"/v1/x","decision":"allow"}"#,
+            r#"{"target":"sidekey::access","caller":"b","method":"POST","path":"/v1/x","decision":"allow"}"#,
+            r#"{"target":"sidekey::access","method":"POST","path":"/v1/x","decision":"deny"}"#,
+        ]
+        .join("\n");
+        let t = tally(&config, log.as_bytes(), None, Some("a"));
+        assert_eq!(t.requests, 1);
+        assert_eq!(t.permissions.keys().collect::<Vec<_>>(), ["read"]);
+        let all = tally(&config, log.as_bytes(), None, None);
+        assert_eq!(all.requests, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -654,3 +654,71 @@ async fn check_refuses_ambiguous_or_unsafe_gateway_configs() {
     assert!(err.contains("--caller"), "{err}");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn caller_keys_rotate_and_credential_lists_every_key() {
+    let up = Upstream::banata().await;
+    let pki = Pki::new();
+    let p = start_gateway(&up, &pki).await;
+    let admin = |path: &'static str| {
+        let addr = p.admin;
+        async move { get(addr, path).await.json() }
+    };
+    let listed = admin("/credential").await;
+    let names: Vec<&str> = listed["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "billing-dashboard", "ci-e2e"]);
+    let fp = |key: &str| sidekey::secret::fingerprint(key.as_bytes());
+    assert_eq!(listed["credentials"][2]["fingerprint"], fp(CI_KEY).as_str());
+    assert_eq!(listed["credentials"][2]["used_by"][0], "ci-e2e");
+    assert!(!listed.to_string().contains(CI_KEY));
+
+    // Rotate only the CI caller's key, by rename as kubelet-like tools do.
+    let next = "sk_test_CI_key_rotated_000000003";
+    p.dir.write("secret/ci-key.new", next);
+    std::fs::rename(
+        p.dir.path().join("secret/ci-key.new"),
+        p.dir.path().join("secret/ci-key"),
+    )
+    .unwrap();
+    let auth = bearer(CI_TOKEN);
+    let rotated = eventually(Duration::from_secs(5), || async {
+        let r = once(
+            &p,
+            &pki,
+            None,
+            "GET",
+            "/v1/sandboxes",
+            &[("authorization", &auth)],
+        )
+        .await
+        .unwrap();
+        r.status == StatusCode::OK
+            && up.mock.requests().last().is_some_and(|rec| {
+                rec.headers["authorization"] == format!("Bearer {next}").as_str()
+            })
+    })
+    .await;
+    assert!(rotated, "the caller's new key never reached the upstream");
+    let listed = admin("/credential").await;
+    assert_eq!(listed["credentials"][2]["fingerprint"], fp(next).as_str());
+    // The other callers' keys did not move.
+    assert_eq!(listed["credentials"][0]["fingerprint"], fp(KEY).as_str());
+    assert_eq!(
+        listed["credentials"][1]["fingerprint"],
+        fp(BILLING_KEY).as_str()
+    );
+    let m = metrics(&p).await;
+    assert!(
+        m.contains(&format!(
+            "sidekey_credential_info{{credential=\"ci-e2e\",fingerprint=\"{}\"}} 1",
+            fp(next)
+        )),
+        "{m}"
+    );
+    p.stop().await;
+}
