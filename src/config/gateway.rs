@@ -7,7 +7,8 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::raw::{RawCaller, RawListenerTls};
-use super::validate::{Ctx, credential};
+use super::sections::credential;
+use super::validate::Ctx;
 use super::{CredentialConfig, Identity, ListenerTls, NamedCredential, Principal, Rate};
 
 pub(crate) fn listener_tls(ctx: &Ctx<'_>, raw: &RawListenerTls) -> ListenerTls {

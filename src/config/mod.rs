@@ -4,6 +4,7 @@
 
 mod gateway;
 mod raw;
+mod sections;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -6,16 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
+use super::sections::{credential, limits, upstream};
 use super::{
-    Admin, Config, ConfigError, CredentialConfig, CredentialSource, Expect, Identity, Limits,
-    Listener, Mode, NamedCredential, PolicyTest, Principal, Protocol, Reload, Runtime, Service,
-    Upstream, line_of,
+    Admin, Config, ConfigError, Expect, Identity, Listener, Mode, NamedCredential, PolicyTest,
+    Principal, Reload, Runtime, Service, line_of,
 };
 use crate::policy::{Pattern, RouteSpec};
 
@@ -36,7 +33,7 @@ impl Ctx<'_> {
     }
 }
 
-fn error_in(
+pub(super) fn error_in(
     path: &Path,
     text: &str,
     key: &str,
@@ -354,73 +351,7 @@ pub(crate) fn validate(
     })
 }
 
-fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limits, ConfigError> {
-    let max_in_flight = match raw.max_in_flight.as_ref() {
-        None => 1024,
-        Some(v) => match usize::try_from(*v.get_ref()) {
-            Ok(n) if n > 0 => n,
-            _ => {
-                return ctx.err(
-                    "limits.max_in_flight",
-                    Some(v.span()),
-                    "must be a positive number",
-                );
-            }
-        },
-    };
-    let max_request_body = match raw.max_request_body.as_ref() {
-        None => None,
-        Some(v) => match parse_size(v.get_ref()) {
-            Some(n) => Some(n),
-            None => {
-                return ctx.err(
-                    "limits.max_request_body",
-                    Some(v.span()),
-                    format!("`{}` is not a size like \"10MiB\" or \"4096\"", v.get_ref()),
-                );
-            }
-        },
-    };
-    let body_idle_timeout = duration(
-        ctx,
-        "limits.body_idle_timeout",
-        raw.body_idle_timeout.as_ref(),
-        "120s",
-    )?;
-    if body_idle_timeout.is_zero() {
-        return ctx.err(
-            "limits.body_idle_timeout",
-            raw.body_idle_timeout.as_ref().map(Spanned::span),
-            "must be greater than zero",
-        );
-    }
-    Ok(Limits {
-        max_in_flight,
-        max_request_body,
-        body_idle_timeout,
-    })
-}
-
-/// `4096`, `512KiB`, `10MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
-fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-fn address(
+pub(super) fn address(
     ctx: &Ctx<'_>,
     key: &str,
     v: Option<&Spanned<String>>,
@@ -436,7 +367,7 @@ fn address(
     })
 }
 
-fn duration(
+pub(super) fn duration(
     ctx: &Ctx<'_>,
     key: &str,
     v: Option<&Spanned<String>>,
@@ -464,102 +395,6 @@ fn workers(ctx: &Ctx<'_>, v: Option<&Spanned<i64>>) -> Result<usize, ConfigError
     }
 }
 
-fn upstream(ctx: &Ctx<'_>, up: super::raw::RawUpstream) -> Result<Upstream, ConfigError> {
-    let key = "upstream.url";
-    let span = Some(up.url.span());
-    let url = up.url.get_ref();
-    let uri: Uri = match url.parse() {
-        Ok(u) => u,
-        Err(e) => return ctx.err(key, span, format!("`{url}` is not a URL: {e}")),
-    };
-    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
-        return ctx.err(
-            key,
-            span,
-            "must be an absolute URL like https://api.example.com",
-        );
-    };
-    if authority.as_str().contains('@') {
-        return ctx.err(key, span, "must not carry user information");
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return ctx.err(
-            key,
-            span,
-            "must be an origin only (no path or query): request paths are forwarded as they are",
-        );
-    }
-    match scheme.as_str() {
-        "https" => {}
-        "http" if up.allow_plaintext_upstream => {}
-        "http" => return ctx.err(key, span, "plaintext upstreams would expose the key; use https (or, for tests only, allow_plaintext_upstream = true)"),
-        other => return ctx.err(key, span, format!("unsupported scheme `{other}`")),
-    }
-    let extra_roots = match &up.ca_file {
-        Some(f) => {
-            let path = ctx.dir.join(f.get_ref());
-            let certs: Result<Vec<_>, _> =
-                CertificateDer::pem_file_iter(&path).and_then(Iterator::collect);
-            match certs {
-                Ok(c) if !c.is_empty() => c,
-                Ok(_) => {
-                    return ctx.err(
-                        "upstream.ca_file",
-                        Some(f.span()),
-                        format!("{} holds no PEM certificate", path.display()),
-                    );
-                }
-                Err(e) => {
-                    return ctx.err(
-                        "upstream.ca_file",
-                        Some(f.span()),
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                }
-            }
-        }
-        None => Vec::new(),
-    };
-    let protocol = match up.protocol.as_ref().map(|p| p.get_ref().as_str()) {
-        None | Some("auto") => Protocol::Auto,
-        Some("http1") => Protocol::Http1,
-        Some("http2") => Protocol::Http2,
-        Some(other) => {
-            return ctx.err(
-                "upstream.protocol",
-                up.protocol.as_ref().map(Spanned::span),
-                format!("`{other}` is not one of auto, http1, http2"),
-            );
-        }
-    };
-    Ok(Upstream {
-        protocol,
-        url: url.clone(),
-        scheme,
-        authority,
-        extra_roots,
-        connect_timeout: duration(
-            ctx,
-            "upstream.connect_timeout",
-            up.connect_timeout.as_ref(),
-            "5s",
-        )?,
-        response_timeout: duration(
-            ctx,
-            "upstream.response_timeout",
-            up.response_timeout.as_ref(),
-            "60s",
-        )?,
-        pool_idle_timeout: duration(
-            ctx,
-            "upstream.pool_idle_timeout",
-            up.pool_idle_timeout.as_ref(),
-            "90s",
-        )?,
-        allow_plaintext: up.allow_plaintext_upstream,
-    })
-}
-
 fn mode(ctx: &Ctx<'_>, raw: Option<&Spanned<String>>) -> Result<Mode, ConfigError> {
     match raw.map(|m| m.get_ref().as_str()) {
         None | Some("enforce") => Ok(Mode::Enforce),
@@ -570,63 +405,4 @@ fn mode(ctx: &Ctx<'_>, raw: Option<&Spanned<String>>) -> Result<Mode, ConfigErro
             format!("`{other}` is not one of enforce, report"),
         ),
     }
-}
-
-/// A key source (`[credential]`, or a caller's own, named by `key`).
-pub(crate) fn credential(
-    ctx: &Ctx<'_>,
-    key: &str,
-    cred: &super::raw::RawCredential,
-) -> Result<CredentialConfig, ConfigError> {
-    let source = match (&cred.file, &cred.env) {
-        (Some(f), None) => CredentialSource::File(ctx.dir.join(f.get_ref())),
-        (None, Some(e)) if !e.get_ref().is_empty() => CredentialSource::Env(e.get_ref().clone()),
-        (None, Some(e)) => {
-            return ctx.err(
-                &format!("{key}.env"),
-                Some(e.span()),
-                "must name an environment variable",
-            );
-        }
-        (Some(_), Some(e)) => {
-            return ctx.err(key, Some(e.span()), "set exactly one of `file` or `env`");
-        }
-        (None, None) => return ctx.err(key, None, "set exactly one of `file` or `env`"),
-    };
-    let header_text = cred
-        .header
-        .as_ref()
-        .map_or("authorization", |h| h.get_ref().as_str());
-    let header_span = cred.header.as_ref().map(Spanned::span);
-    let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
-        return ctx.err(
-            &format!("{key}.header"),
-            header_span,
-            format!("`{header_text}` is not a header name"),
-        );
-    };
-    if crate::inject::is_reserved(&header) {
-        return ctx.err(
-            &format!("{key}.header"),
-            header_span,
-            format!("`{header_text}` is a hop-by-hop or routing header"),
-        );
-    }
-    let prefix = cred
-        .prefix
-        .as_ref()
-        .map_or("Bearer ", |p| p.get_ref().as_str())
-        .to_owned();
-    if HeaderValue::from_str(&prefix).is_err() {
-        return ctx.err(
-            &format!("{key}.prefix"),
-            cred.prefix.as_ref().map(Spanned::span),
-            "must be printable ASCII",
-        );
-    }
-    Ok(CredentialConfig {
-        source,
-        header,
-        prefix,
-    })
 }

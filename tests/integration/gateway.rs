@@ -209,6 +209,14 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// `GET path` on a fresh connection with `Authorization: Bearer <token>`.
+async fn with_token(p: &TestProxy, pki: &Pki, token: &str, path: &str) -> Reply {
+    let auth = bearer(token);
+    once(p, pki, None, "GET", path, &[("authorization", &auth)])
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn mtls_caller_is_held_to_its_grants_and_sends_its_own_key() {
     let up = Upstream::banata().await;
@@ -294,34 +302,14 @@ async fn token_callers_get_their_own_key_and_the_token_is_never_forwarded() {
     let up = Upstream::banata().await;
     let pki = Pki::new();
     let p = start_gateway(&up, &pki).await;
-    let ci = bearer(CI_TOKEN);
-    let r = once(
-        &p,
-        &pki,
-        None,
-        "GET",
-        "/v1/sandboxes",
-        &[("authorization", &ci)],
-    )
-    .await
-    .unwrap();
+    let r = with_token(&p, &pki, CI_TOKEN, "/v1/sandboxes").await;
     assert_eq!(
         r.status,
         StatusCode::OK,
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    let other = bearer(OTHER_TOKEN);
-    let r = once(
-        &p,
-        &pki,
-        None,
-        "GET",
-        "/v1/sandboxes",
-        &[("Authorization", &other)],
-    )
-    .await
-    .unwrap();
+    let r = with_token(&p, &pki, OTHER_TOKEN, "/v1/sandboxes").await;
     assert_eq!(r.status, StatusCode::OK);
     let seen = up.mock.requests();
     assert_eq!(seen.len(), 2);
@@ -412,28 +400,9 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after() {
     let up = Upstream::banata().await;
     let pki = Pki::new();
     let p = start_gateway(&up, &pki).await;
-    let auth = bearer(LIMITED_TOKEN);
-    let first = once(
-        &p,
-        &pki,
-        None,
-        "GET",
-        "/v1/sandboxes",
-        &[("authorization", &auth)],
-    )
-    .await
-    .unwrap();
+    let first = with_token(&p, &pki, LIMITED_TOKEN, "/v1/sandboxes").await;
     assert_eq!(first.status, StatusCode::OK);
-    let second = once(
-        &p,
-        &pki,
-        None,
-        "GET",
-        "/v1/sandboxes",
-        &[("authorization", &auth)],
-    )
-    .await
-    .unwrap();
+    let second = with_token(&p, &pki, LIMITED_TOKEN, "/v1/sandboxes").await;
     assert_eq!(
         (second.status.as_u16(), second.code().as_str()),
         (429, "rate_limited")
@@ -446,17 +415,7 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after() {
     assert!((3000..=3600).contains(&wait), "retry-after {wait}");
     assert_eq!(up.mock.requests().len(), 1);
     // Other callers are not affected.
-    let ci = bearer(CI_TOKEN);
-    let r = once(
-        &p,
-        &pki,
-        None,
-        "GET",
-        "/v1/sandboxes",
-        &[("authorization", &ci)],
-    )
-    .await
-    .unwrap();
+    let r = with_token(&p, &pki, CI_TOKEN, "/v1/sandboxes").await;
     assert_eq!(r.status, StatusCode::OK);
     p.stop().await;
 }
@@ -685,18 +644,8 @@ async fn caller_keys_rotate_and_credential_lists_every_key() {
         p.dir.path().join("secret/ci-key"),
     )
     .unwrap();
-    let auth = bearer(CI_TOKEN);
     let rotated = eventually(Duration::from_secs(5), || async {
-        let r = once(
-            &p,
-            &pki,
-            None,
-            "GET",
-            "/v1/sandboxes",
-            &[("authorization", &auth)],
-        )
-        .await
-        .unwrap();
+        let r = with_token(&p, &pki, CI_TOKEN, "/v1/sandboxes").await;
         r.status == StatusCode::OK
             && up.mock.requests().last().is_some_and(|rec| {
                 rec.headers["authorization"] == format!("Bearer {next}").as_str()
