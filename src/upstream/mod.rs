@@ -39,6 +39,9 @@ pub type RequestBody = Either<Watched<Incoming>, Empty<Bytes>>;
 pub struct Upstream {
     connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     pool: Arc<Pool>,
+    /// Held while an HTTP/2 connection is being opened: a burst of requests shares one
+    /// connect instead of opening a connection each.
+    h2_connect: tokio::sync::Mutex<()>,
     /// `scheme://authority`: where every connection goes.
     origin: Uri,
     /// `Host` for HTTP/1.1 requests.
@@ -134,6 +137,7 @@ impl Upstream {
         Ok(Self {
             connector,
             pool: Arc::new(Pool::new(cfg.pool_idle_timeout)),
+            h2_connect: tokio::sync::Mutex::new(()),
             origin,
             host,
             protocol: cfg.protocol,
@@ -234,6 +238,16 @@ impl Upstream {
     }
 
     async fn open(&self) -> Result<Conn, BoxError> {
+        // HTTP/2 multiplexes: one connect at a time, and whoever waited uses its result.
+        let _one_at_a_time = if self.protocol == Protocol::Http2 || self.pool.seen_h2() {
+            let guard = self.h2_connect.lock().await;
+            if let Some(tx) = self.pool.shared_h2() {
+                return Ok(Conn::H2(tx));
+            }
+            Some(guard)
+        } else {
+            None
+        };
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.origin.clone()).await?;

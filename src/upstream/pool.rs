@@ -5,6 +5,7 @@
 //! block the next request), and is dropped if the body ends early or fails.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ struct Idle {
 pub(super) struct Pool {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The upstream has spoken HTTP/2: new connections are opened one at a time.
+    seen_h2: AtomicBool,
     idle_timeout: Duration,
 }
 
@@ -41,20 +44,33 @@ impl Pool {
         Self {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            seen_h2: AtomicBool::new(false),
             idle_timeout,
         }
+    }
+
+    /// The shared HTTP/2 connection, if it is open.
+    pub(super) fn shared_h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match h2.as_ref() {
+            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(super) fn seen_h2(&self) -> bool {
+        self.seen_h2.load(Ordering::Acquire)
     }
 
     /// A pooled connection that can take a request now, if there is one. `now` is the
     /// request's arrival (close enough for an idle timeout; saves a clock read).
     pub(super) async fn checkout(&self, now: Instant) -> Option<Conn> {
-        {
-            let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-            match h2.as_ref() {
-                Some(tx) if !tx.is_closed() => return Some(Conn::H2(tx.clone())),
-                Some(_) => *h2 = None,
-                None => {}
-            }
+        if let Some(tx) = self.shared_h2() {
+            return Some(Conn::H2(tx));
         }
         loop {
             let idle = self
@@ -79,6 +95,7 @@ impl Pool {
 
     /// Shares a new HTTP/2 connection with later requests.
     pub(super) fn set_h2(&self, tx: http2::SendRequest<RequestBody>) {
+        self.seen_h2.store(true, Ordering::Release);
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     }
 

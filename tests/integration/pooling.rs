@@ -44,6 +44,28 @@ async fn sequential_requests_reuse_one_connection() {
 }
 
 #[tokio::test]
+async fn a_burst_shares_one_http2_connection() {
+    let up = Upstream::banata().await;
+    let p = TestProxy::start(&up, Some(KEY), &with_protocol(&up.mock.url(), "http2")).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = p.addr;
+            tokio::spawn(async move { get(addr, "/v1/sandboxes").await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(up.mock.requests().len(), 20);
+    assert_eq!(
+        up.mock.connections(),
+        1,
+        "a connection per request of the burst"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn a_long_stream_never_holds_up_the_next_request() {
     // `/v1/sandboxes/sb_1` streams until released; everything else answers at once.
     let (release_tx, release_rx) = mpsc::channel::<()>(1);
