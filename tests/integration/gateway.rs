@@ -107,6 +107,15 @@ rate = "1/h"
 }
 
 async fn start_gateway(up: &Upstream, pki: &Pki) -> TestProxy {
+    start_gateway_with(up, pki, |text| text).await
+}
+
+/// The standard gateway, its config passed through `edit` first.
+async fn start_gateway_with(
+    up: &Upstream,
+    pki: &Pki,
+    edit: impl FnOnce(String) -> String,
+) -> TestProxy {
     let dir = TempDir::new();
     dir.write("ca.pem", up.ca.cert_pem());
     std::fs::create_dir_all(dir.path().join("secret")).unwrap();
@@ -118,7 +127,7 @@ async fn start_gateway(up: &Upstream, pki: &Pki) -> TestProxy {
     dir.write("tls/tls.crt", &leaf.cert_pem);
     dir.write("tls/tls.key", &leaf.key_pem);
     dir.write("tls/clients-ca.pem", pki.clients_ca.cert_pem());
-    TestProxy::start_in(dir, &gateway_config(&up.mock.url())).await
+    TestProxy::start_in(dir, &edit(gateway_config(&up.mock.url()))).await
 }
 
 /// An HTTPS connection to the gateway trusting `roots`, presenting `client` if given.
@@ -668,6 +677,34 @@ async fn caller_keys_rotate_and_credential_lists_every_key() {
             fp(next)
         )),
         "{m}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_tls_client_is_dropped_and_others_are_served_meanwhile() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::banata().await;
+    let pki = Pki::new();
+    let p = start_gateway_with(&up, &pki, |text| {
+        text.replacen(
+            "address = \"127.0.0.1:0\"",
+            "address = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"",
+            1,
+        )
+    })
+    .await;
+    // Connects and never sends a ClientHello.
+    let mut silent = TcpStream::connect(p.addr).await.unwrap();
+    // Meanwhile a real caller is served at once.
+    let r = with_token(&p, &pki, CI_TOKEN, "/v1/sandboxes").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The silent one is closed after the header-read timeout, not held forever.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent TLS connection was not closed: {closed:?}"
     );
     p.stop().await;
 }
