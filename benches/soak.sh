@@ -13,10 +13,10 @@ conns="${SOAK_CONNECTIONS:-16}"
 rate_note="wrk -t1 -c$conns"
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 2; }
 
-cargo build --release --locked --manifest-path "$root/Cargo.toml" >/dev/null 2>&1
+bin="$("$root/benches/build-release.sh" 2>/dev/null)"   # the shipped binary
 work="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-RUST_LOG="warn" "$root/target/release/sidekey" demo > "$work/demo.out" 2>&1 &
+RUST_LOG="warn" "$bin" demo > "$work/demo.out" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q "sidekey proxy" "$work/demo.out" && break; sleep 0.1; done
 proxy="$(sed -n 's/.*sidekey proxy *\(http:\/\/[0-9.:]*\).*/\1/p' "$work/demo.out" | head -1)"

@@ -250,7 +250,14 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
-    builder.enable_all().build()
+    // The blocking pool only runs name lookups for new upstream connections: a few threads
+    // serve a burst of connects (each lookup is short), where the default (up to 512) grew a
+    // thread, its stack and its allocator heap per concurrent connect.
+    builder
+        .max_blocking_threads(4)
+        .thread_keep_alive(std::time::Duration::from_secs(5))
+        .enable_all()
+        .build()
 }
 
 fn run(path: &std::path::Path, workers: Option<usize>, format: LogFormat) -> i32 {
