@@ -120,6 +120,70 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn gateway() -> Config {
+        let dir = std::env::temp_dir().join(format!("sidekey-caller-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "[listener.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n\
+             [upstream]\nurl = \"https://api.example.com\"\n[credential]\nfile = \"key\"\n\
+             [permissions]\nread = [\"GET /v1/x\"]\n\
+             [[caller]]\nname = \"cert\"\nclient_cert_san = \"spiffe://corp/a\"\nallow = [\"read\"]\n\
+             [[caller]]\nname = \"tok\"\ntoken_sha256 = \"{}\"\nallow = [\"read\"]\n",
+            token_sha256("good")
+        );
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        config
+    }
+
+    #[test]
+    fn certificates_and_tokens_identify_one_caller_or_none() {
+        let config = gateway();
+        let cert = Peer {
+            cert_names: Some(Arc::from(vec!["spiffe://corp/a".to_owned()])),
+        };
+        let stranger = Peer {
+            cert_names: Some(Arc::from(vec!["spiffe://corp/zz".to_owned()])),
+        };
+        let token = |t: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_static(t));
+            h
+        };
+        let none = HeaderMap::new();
+        assert_eq!(identify(&config, &cert, &none), Ok(0));
+        assert_eq!(
+            identify(&config, &Peer::default(), &token("Bearer good")),
+            Ok(1)
+        );
+        assert_eq!(
+            identify(&config, &Peer::default(), &token("Bearer bad")),
+            Err(Unidentified::UnknownToken)
+        );
+        assert_eq!(
+            identify(&config, &stranger, &none),
+            Err(Unidentified::Missing)
+        );
+        assert_eq!(
+            identify(&config, &Peer::default(), &none),
+            Err(Unidentified::Missing)
+        );
+        // A certificate and a token naming different callers: refused.
+        assert_eq!(
+            identify(&config, &cert, &token("Bearer good")),
+            Err(Unidentified::Conflict)
+        );
+        // A certificate caller whose SDK sends some other bearer value stays identified.
+        assert_eq!(
+            identify(&config, &cert, &token("Bearer sdk-default")),
+            Ok(0)
+        );
+        // An unknown certificate name does not make a valid token count less.
+        assert_eq!(identify(&config, &stranger, &token("Bearer good")), Ok(1));
+    }
+
     #[test]
     fn bearer_tokens_are_read_case_insensitively() {
         let mut h = HeaderMap::new();

@@ -376,3 +376,48 @@ fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(dir: &Path, rate: &str) -> Arc<Config> {
+        let hash = crate::caller::token_sha256("t");
+        let text = format!(
+            "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nfile = \"k\"\n\
+             [permissions]\nread = [\"GET /v1/x\"]\n\
+             [[caller]]\nname = \"a\"\ntoken_sha256 = \"{hash}\"\nallow = [\"read\"]\nrate = \"{rate}\"\n"
+        );
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, text).unwrap();
+        Arc::new(Config::load(&path).unwrap())
+    }
+
+    /// A reload that keeps a caller's limits keeps its limiter (no fresh burst); one that
+    /// changes them starts a new one.
+    #[test]
+    fn limiters_survive_reloads_that_keep_their_settings() {
+        let dir = std::env::temp_dir().join(format!("sidekey-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = compose(gateway(&dir, "5/s"), Arc::new([None]), None, 1, None).unwrap();
+        let same = compose(
+            gateway(&dir, "5/s"),
+            Arc::new([None]),
+            None,
+            2,
+            Some(&first),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(
+            &first.principals[0].limiter,
+            &same.principals[0].limiter
+        ));
+        let changed =
+            compose(gateway(&dir, "9/s"), Arc::new([None]), None, 3, Some(&same)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &same.principals[0].limiter,
+            &changed.principals[0].limiter
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -204,10 +204,11 @@ pub struct CredentialConfig {
     pub prefix: String,
 }
 
+/// The deployment's name and mode. Grants live on the principals (`principals[0]` in the
+/// service shape).
 #[derive(Clone, Debug)]
 pub struct Service {
     pub name: Arc<str>,
-    pub allow: Vec<Arc<str>>,
     pub mode: Mode,
 }
 

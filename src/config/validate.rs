@@ -198,7 +198,7 @@ pub(crate) fn validate(
             let principal = Principal {
                 name: name.into(),
                 identity: Identity::Local,
-                allow: allow.clone(),
+                allow,
                 credential: 0,
                 rate: None,
                 max_concurrent: None,
@@ -206,7 +206,6 @@ pub(crate) fn validate(
             (
                 Service {
                     name: name.into(),
-                    allow,
                     mode,
                 },
                 vec![principal],
@@ -227,7 +226,6 @@ pub(crate) fn validate(
             )?;
             let service = Service {
                 name: "gateway".into(),
-                allow: Vec::new(),
                 mode: Mode::Enforce,
             };
             (service, principals)

@@ -48,8 +48,6 @@ pub struct Upstream {
     host: HeaderValue,
     protocol: Protocol,
     pub response_timeout: Duration,
-    /// HTTP/2 may be negotiated: keep what is needed to replay a refused bodiless request.
-    may_use_h2: bool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -142,7 +140,6 @@ impl Upstream {
             host,
             protocol: cfg.protocol,
             response_timeout: cfg.response_timeout,
-            may_use_h2: cfg.protocol != Protocol::Http1,
         })
     }
 
@@ -170,11 +167,10 @@ impl Upstream {
         started: std::time::Instant,
     ) -> Result<http::Response<UpstreamBody>, FailureKind> {
         // An HTTP/2 stream the upstream refused (REFUSED_STREAM) or left above its GOAWAY's
-        // last stream id was provably not processed: replayed once, if it had no body.
-        let mut replay = match req.body() {
-            Either::Right(_) if self.may_use_h2 => Some(parts_of(&req)),
-            _ => None,
-        };
+        // last stream id was provably not processed: replayed once, if it had no body. The
+        // head is copied for that only on HTTP/2 (HTTP/1.1 requests pay nothing).
+        let mut replay: Option<http::request::Parts> = None;
+        let mut may_replay = true;
         // A pooled connection found closed before the request was written gives the request
         // back: it goes once more, on a new connection.
         let mut stale_retry = true;
@@ -198,6 +194,9 @@ impl Upstream {
                 }
                 Conn::H2(mut tx) => {
                     self.h2_form(&mut req);
+                    if may_replay && matches!(req.body(), Either::Right(_)) {
+                        replay = Some(parts_of(&req));
+                    }
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(resp.map(UpstreamBody::h2)),
                         Err(e) => {
@@ -218,7 +217,8 @@ impl Upstream {
             }
             let err = failed.into_error();
             match replay.take() {
-                Some(parts) if unprocessed(&err) => {
+                Some(parts) if may_replay && unprocessed(&err) => {
+                    may_replay = false;
                     tracing::debug!(error = %err, "upstream did not process the request; replaying once");
                     req = http::Request::from_parts(parts, Either::Right(Empty::new()));
                 }

@@ -69,8 +69,11 @@ impl Pool {
     /// A pooled connection that can take a request now, if there is one. `now` is the
     /// request's arrival (close enough for an idle timeout; saves a clock read).
     pub(super) async fn checkout(&self, now: Instant) -> Option<Conn> {
-        if let Some(tx) = self.shared_h2() {
-            return Some(Conn::H2(tx));
+        // An HTTP/1.1-only upstream never takes the HTTP/2 slot's lock.
+        if self.seen_h2() {
+            if let Some(tx) = self.shared_h2() {
+                return Some(Conn::H2(tx));
+            }
         }
         loop {
             let idle = self

@@ -527,7 +527,6 @@ async fn token_new_output_round_trips_through_the_config() {
     let (token, hash) = (field("token"), field("token_sha256"));
     assert_eq!(hash, sha(&token));
     let up = Upstream::banata().await;
-    let pki = Pki::new();
     let dir = TempDir::new();
     dir.write("ca.pem", up.ca.cert_pem());
     std::fs::create_dir_all(dir.path().join("secret")).unwrap();
@@ -555,7 +554,6 @@ async fn token_new_output_round_trips_through_the_config() {
     );
     let r = get(p.addr, "/v1/sandboxes").await;
     assert_eq!(r.status.as_u16(), 401);
-    drop(pki);
     p.stop().await;
 }
 
