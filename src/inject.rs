@@ -79,8 +79,31 @@ fn is_stripped_request(name: &str, credential: &HeaderName) -> bool {
     ) {
         return true;
     }
-    // `X_Api_Key` is read as `x-api-key` by some servers (CGI-style environments).
-    name.contains('_') && is_stripped_request(&name.replace('_', "-"), credential)
+    // `X_Api_Key` is read as `x-api-key` by some servers (CGI-style environments and several
+    // frameworks take `_` for `-`), and `Content_Length` as a second, disagreeing length.
+    if name.contains('_') {
+        let dashed = name.replace('_', "-");
+        return dashed == "content-length" || is_stripped_request(&dashed, credential);
+    }
+    false
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, and any request with more than
+/// one or with an invalid value, is answered 400. (We never forward `Host`; a request that
+/// breaks the rule is malformed, and another hop could read it differently.)
+pub fn check_host(version: http::Version, headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == http::Version::HTTP_11 => Err("missing_host"),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err("multiple_host"),
+        (Some(v), None) if v.is_empty() => Ok(()),
+        (Some(v), None) => match http::uri::Authority::try_from(v.as_bytes()) {
+            Ok(a) if a.as_str().contains('@') => Err("invalid_host"),
+            Ok(_) => Ok(()),
+            Err(_) => Err("invalid_host"),
+        },
+    }
 }
 
 /// Headers that can never be the credential header.

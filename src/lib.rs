@@ -70,6 +70,7 @@ impl App {
     /// snapshot and binds both listeners.
     pub async fn bind(config: Config) -> Result<Self, AppError> {
         telemetry::metrics();
+        seed_series();
         if config.service.mode == config::Mode::Report {
             tracing::warn!(
                 service = &*config.service.name,
@@ -158,6 +159,7 @@ impl App {
         let runtime = shared.load().config.runtime.clone();
         let opts = ServeOptions {
             header_read_timeout: shared.load().config.listener.header_read_timeout,
+            idle_timeout: shared.load().config.listener.idle_timeout,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (drain_tx, drain_rx) = watch::channel(runtime.shutdown_grace);
@@ -222,6 +224,26 @@ impl App {
         let _ = reload_task.await;
         let _ = upkeep_task.await;
         tracing::info!("stopped");
+    }
+}
+
+/// Counters whose label values are known before the first event start at 0 (Prometheus
+/// instrumentation guidance), so `rate()` and alerts see the first event.
+fn seed_series() {
+    for code in proxy::ProxyError::CODES
+        .into_iter()
+        .chain(["tls_handshake"])
+    {
+        metrics::counter!(telemetry::ERRORS_TOTAL, "code" => code).increment(0);
+    }
+    for kind in upstream::FailureKind::KINDS {
+        metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind).increment(0);
+    }
+    for result in ["ok", "invalid", "refused"] {
+        metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+    for result in ["ok", "invalid"] {
+        metrics::counter!(telemetry::TLS_RELOADS_TOTAL, "result" => result).increment(0);
     }
 }
 

@@ -31,6 +31,19 @@ const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Builds a snapshot from a validated config (policies compiled, upstream client built).
 /// Limiters whose settings did not change carry over from `previous`.
+/// Series known at load exist from the start, at 0, so `rate()` and alerts see the first
+/// event after a change (a key revoked too early: its first 401s).
+fn seed_key_series(config: &Config, credentials: &[Option<Arc<Credential>>]) {
+    for (named, key) in config.credentials.iter().zip(credentials) {
+        for result in ["ok", "invalid", "error"] {
+            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => result).increment(0);
+        }
+        if let Some(key) = key {
+            metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "fingerprint" => key.fingerprint().to_owned()).increment(0);
+        }
+    }
+}
+
 pub fn compose(
     config: Arc<Config>,
     credentials: Arc<[Option<Arc<Credential>>]>,
@@ -63,6 +76,7 @@ pub fn compose(
             }
         })
         .collect();
+    seed_key_series(&config, &credentials);
     Ok(Snapshot {
         generation,
         principals,
@@ -311,6 +325,7 @@ impl Reloader {
         let next = if config_changed {
             compose(config, credentials, tls, snap.generation + 1, Some(&snap))
         } else {
+            seed_key_series(&config, &credentials);
             Ok(Snapshot {
                 generation: snap.generation + 1,
                 config,

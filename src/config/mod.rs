@@ -149,7 +149,10 @@ impl Mode {
 #[derive(Clone, Debug)]
 pub struct Listener {
     pub address: std::net::SocketAddr,
+    /// From the first byte of a request head to its end (slowloris guard).
     pub header_read_timeout: Duration,
+    /// A keep-alive connection that carries no request for this long is closed.
+    pub idle_timeout: Duration,
     /// `[listener.tls]`: serve HTTPS (required beyond loopback); hot-reloaded.
     pub tls: Option<ListenerTls>,
 }

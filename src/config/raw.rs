@@ -68,6 +68,7 @@ pub(crate) struct RawTest {
 pub(crate) struct RawListener {
     pub address: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawListenerTls>>,
 }
 

@@ -89,6 +89,14 @@ pub(crate) fn validate(
             raw.listener.header_read_timeout.as_ref(),
             "10s",
         )?,
+        // Above every common client pool's idle limit (see README, "Connections"), so a
+        // client never reuses a connection sidekey is closing: Envoy's default.
+        idle_timeout: duration(
+            ctx,
+            "listener.idle_timeout",
+            raw.listener.idle_timeout.as_ref(),
+            "1h",
+        )?,
         tls: raw
             .listener
             .tls

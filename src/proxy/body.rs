@@ -9,7 +9,7 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -26,6 +26,42 @@ pub enum BodyError {
     TooLarge,
     #[error(transparent)]
     Inner(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a request body failed. HTTP/2 reports our body error to the upstream only as a
+/// stream reset, and hyper's HTTP/1.1 client as a generic send error, so the proxy learns
+/// from this shared cell that the failure was the client's, not the upstream's.
+#[derive(Clone, Debug, Default)]
+pub struct BodyFault(Arc<AtomicU8>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Over `limits.max_request_body`.
+    TooLarge,
+    /// Bad chunked framing, or the client went away mid-body.
+    Malformed,
+    /// No body data for `limits.body_idle_timeout`.
+    Stalled,
+}
+
+impl BodyFault {
+    fn set(&self, fault: Fault) {
+        let code = match fault {
+            Fault::TooLarge => 1,
+            Fault::Malformed => 2,
+            Fault::Stalled => 3,
+        };
+        self.0.store(code, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(Fault::TooLarge),
+            2 => Some(Fault::Malformed),
+            3 => Some(Fault::Stalled),
+            _ => None,
+        }
+    }
 }
 
 /// Counts requests in flight; the count drops when the guard does.
@@ -56,9 +92,8 @@ pub struct Watched<B> {
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     remaining: Option<u64>,
-    /// Set when `remaining` ran out: HTTP/2 reports our body error only as a stream reset,
-    /// so the caller learns why from this flag.
-    overflowed: Option<Arc<AtomicBool>>,
+    /// A request body records here why it failed.
+    fault: Option<BodyFault>,
     drop_trailers: bool,
     _guard: Option<InFlightGuard>,
     /// A gateway caller's concurrency slot, released with the body.
@@ -72,7 +107,7 @@ impl<B> Watched<B> {
             idle,
             timer: None,
             remaining: None,
-            overflowed: None,
+            fault: None,
             drop_trailers: false,
             _guard: guard,
             _caller_guard: None,
@@ -85,12 +120,23 @@ impl<B> Watched<B> {
         self
     }
 
-    /// Fails the body once more than `limit` bytes passed; the flag tells that it did.
-    pub fn limited(mut self, limit: u64) -> (Self, Arc<AtomicBool>) {
-        let flag = Arc::new(AtomicBool::new(false));
+    /// Fails the body once more than `limit` bytes passed.
+    pub fn limited(mut self, limit: u64) -> Self {
         self.remaining = Some(limit);
-        self.overflowed = Some(flag.clone());
-        (self, flag)
+        self
+    }
+
+    /// Records why the body failed in the returned cell (request bodies: the client's fault).
+    pub fn faults(mut self) -> (Self, BodyFault) {
+        let fault = BodyFault::default();
+        self.fault = Some(fault.clone());
+        (self, fault)
+    }
+
+    fn fail(&self, fault: Fault) {
+        if let Some(cell) = &self.fault {
+            cell.set(fault);
+        }
     }
 
     /// Ends the body where trailers would start. Request trailers are dropped: they could
@@ -123,7 +169,10 @@ where
                         return Poll::Ready(None);
                     }
                     Some(Ok(f)) => f,
-                    Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Inner(e.into())))),
+                    Some(Err(e)) => {
+                        this.fail(Fault::Malformed);
+                        return Poll::Ready(Some(Err(BodyError::Inner(e.into()))));
+                    }
                     None => return Poll::Ready(None),
                 };
                 if let (Some(left), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
@@ -131,9 +180,7 @@ where
                     match left.checked_sub(n) {
                         Some(l) => *left = l,
                         None => {
-                            if let Some(flag) = &this.overflowed {
-                                flag.store(true, Ordering::Release);
-                            }
+                            this.fail(Fault::TooLarge);
                             return Poll::Ready(Some(Err(BodyError::TooLarge)));
                         }
                     }
@@ -146,6 +193,7 @@ where
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 ready!(timer.as_mut().poll(cx));
+                this.fail(Fault::Stalled);
                 Poll::Ready(Some(Err(BodyError::Idle(idle))))
             }
         }

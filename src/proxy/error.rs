@@ -63,6 +63,22 @@ impl ProxyError {
         }
     }
 
+    /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
+    pub const CODES: [&'static str; 12] = [
+        "invalid_request",
+        "route_not_allowed",
+        "permission_denied",
+        "method_not_allowed",
+        "uri_too_long",
+        "credential_unavailable",
+        "overloaded",
+        "payload_too_large",
+        "upstream_timeout",
+        "upstream_unavailable",
+        "caller_unauthenticated",
+        "rate_limited",
+    ];
+
     /// The stable error code (a contract with clients, dashboards and docs).
     pub fn code(&self) -> &'static str {
         match self {
@@ -159,5 +175,43 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seeded series must cover every code the proxy can answer.
+    #[test]
+    fn every_code_is_seeded() {
+        let kinds = [
+            FailureKind::Connect,
+            FailureKind::ConnectTimeout,
+            FailureKind::Tls,
+            FailureKind::ResponseTimeout,
+            FailureKind::Protocol,
+            FailureKind::BodyTooLarge,
+        ];
+        let mut all = vec![
+            ProxyError::InvalidRequest("x"),
+            ProxyError::RouteNotAllowed,
+            ProxyError::PermissionDenied("p".into()),
+            ProxyError::MethodNotAllowed,
+            ProxyError::UriTooLong,
+            ProxyError::CredentialUnavailable,
+            ProxyError::Overloaded,
+            ProxyError::PayloadTooLarge,
+            ProxyError::UpstreamUpgrade,
+            ProxyError::CallerUnauthenticated("x"),
+            ProxyError::RateLimited(1),
+        ];
+        all.extend(kinds.iter().map(|k| ProxyError::Upstream(*k)));
+        for e in &all {
+            assert!(ProxyError::CODES.contains(&e.code()), "{e:?}");
+        }
+        for k in &kinds[..5] {
+            assert!(FailureKind::KINDS.contains(&k.as_str()), "{k:?}");
+        }
     }
 }

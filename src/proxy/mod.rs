@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 pub use error::ProxyError;
 
@@ -28,7 +27,7 @@ use crate::policy::{Route, Verdict};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
 use crate::upstream::{FailureKind, UpstreamBody};
-use body::{InFlightGuard, Watched};
+use body::{Fault, InFlightGuard, Watched};
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
 pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
@@ -48,7 +47,7 @@ struct Outcome<'s> {
 pub async fn handle(
     shared: Arc<Shared>,
     peer: Peer,
-    req: Request<Incoming>,
+    req: Request<crate::serve::RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     shared.touch(start);
@@ -101,7 +100,7 @@ async fn forward<'s>(
     started: Instant,
     snap: &'s Snapshot,
     principal: usize,
-    req: Request<Incoming>,
+    req: Request<crate::serve::RequestBody>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
     out: &mut Outcome<'s>,
@@ -114,6 +113,7 @@ async fn forward<'s>(
         .principals
         .get(principal)
         .ok_or(ProxyError::CallerUnauthenticated("no_caller_identity"))?;
+    inject::check_host(parts.version, &parts.headers).map_err(ProxyError::InvalidRequest)?;
     let verdict = state.policy.evaluate(&parts.method, &parts.uri);
     let route = match &verdict {
         Verdict::Allow { route, .. } | Verdict::PermissionDenied { route, .. } => Some(*route),
@@ -182,29 +182,33 @@ async fn forward<'s>(
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 
-    let (body, overflowed) = if http_body::Body::is_end_stream(&body) {
+    let (body, fault) = if http_body::Body::is_end_stream(&body) {
         // No body: nothing to watch, and the upstream client may replay the request.
         (Either::Right(http_body_util::Empty::new()), None)
     } else {
-        let body = Watched::new(body, limits.body_idle_timeout, None).without_trailers();
-        match limits.max_request_body {
-            Some(max) => {
-                let (b, flag) = body.limited(max);
-                (Either::Left(b), Some(flag))
-            }
-            None => (Either::Left(body), None),
-        }
+        let (body, fault) = Watched::new(body, limits.body_idle_timeout, None)
+            .without_trailers()
+            .faults();
+        let body = match limits.max_request_body {
+            Some(max) => body.limited(max),
+            None => body,
+        };
+        (Either::Left(body), Some(fault))
     };
     let sent = snap
         .upstream
         .send(Request::from_parts(parts, body), started)
         .await;
-    let too_large = overflowed.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire));
     let mut resp = match sent {
-        Err(_) if too_large => return Err(ProxyError::PayloadTooLarge),
-        Err(FailureKind::BodyTooLarge) => return Err(ProxyError::PayloadTooLarge),
-        Err(kind) => return Err(ProxyError::Upstream(kind)),
         Ok(resp) => resp,
+        // The caller's body failed: its mistake, never reported as the upstream's.
+        Err(kind) => match fault.and_then(|f| f.get()) {
+            Some(Fault::TooLarge) => return Err(ProxyError::PayloadTooLarge),
+            Some(Fault::Malformed) => return Err(ProxyError::InvalidRequest("malformed_body")),
+            Some(Fault::Stalled) => return Err(ProxyError::InvalidRequest("body_timeout")),
+            None if kind == FailureKind::BodyTooLarge => return Err(ProxyError::PayloadTooLarge),
+            None => return Err(ProxyError::Upstream(kind)),
+        },
     };
     out.upstream_status = Some(resp.status());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

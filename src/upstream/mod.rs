@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
@@ -33,7 +32,7 @@ use pool::{Conn, Pool};
 
 /// What the client sends: the caller's body, watched for idleness and size, or nothing
 /// (a bodiless request, which can be replayed if HTTP/2 proves it was never processed).
-pub type RequestBody = Either<Watched<Incoming>, Empty<Bytes>>;
+pub type RequestBody = Either<Watched<crate::serve::RequestBody>, Empty<Bytes>>;
 
 /// The pooled client for one upstream config.
 pub struct Upstream {
@@ -74,6 +73,15 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every `kind` label of `sidekey_upstream_errors_total`.
+    pub const KINDS: [&'static str; 5] = [
+        "connect",
+        "connect_timeout",
+        "tls",
+        "response_timeout",
+        "protocol",
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",

@@ -9,6 +9,7 @@ mod support;
 mod adversarial;
 mod cli;
 mod confidentiality;
+mod connections;
 mod faults;
 mod gateway;
 mod h2_faults;

@@ -1,9 +1,13 @@
 //! The accept loop shared by the proxy and admin listeners: HTTP/1.1 only, a header-read
-//! timeout against slowloris, bounded header buffers, back-off on accept errors (EMFILE must
+//! timeout against slowloris and an idle timeout for keep-alive connections (`conn`, `io`),
+//! bounded header buffers, back-off on accept errors (EMFILE must
 //! not spin or exit), and a graceful drain when told to stop. A gateway listener also
 //! terminates TLS: each connection takes the current server config (so a rotated
 //! certificate applies to new connections at once) and its verified client certificate
 //! names become the connection's [`Peer`].
+
+mod conn;
+mod io;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,14 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+
+pub use conn::RequestBody;
 
 use crate::caller::Peer;
 
@@ -30,11 +33,15 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ServeOptions {
+    /// From the first byte of a request head to its end; also bounds a TLS handshake.
     pub header_read_timeout: Duration,
+    /// A keep-alive connection without a request for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Serves `listener` until `stop` turns true, then drains open connections for at most
-/// `*drain.borrow()` (read when stopping, so the caller can spend part of the grace first).
+/// `*drain.borrow()` (read when stopping, so the caller can spend part of the grace first):
+/// idle ones close at once, busy ones after their response (sent with `Connection: close`).
 pub async fn serve<M, H, Fut, B>(
     listener: TcpListener,
     make: M,
@@ -44,19 +51,26 @@ pub async fn serve<M, H, Fut, B>(
     drain: watch::Receiver<Duration>,
 ) where
     M: Fn(Peer) -> H + Clone + Send + Sync + 'static,
-    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = http1::Builder::new();
+    // hyper's own header timer would also run while a keep-alive connection is idle: the
+    // connection driver keeps both clocks instead (see `io`).
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
+    let clocks = io::Clocks {
+        header_read: opts.header_read_timeout,
+        idle: opts.idle_timeout,
+    };
+    // Every connection task holds a sender; the drain waits until all are gone.
+    let (live, mut all_closed) = mpsc::channel::<()>(1);
     let mut backoff = Duration::from_millis(5);
     loop {
         tokio::select! {
@@ -64,14 +78,13 @@ pub async fn serve<M, H, Fut, B>(
                 Ok((stream, _peer)) => {
                     backoff = Duration::from_millis(5);
                     let _ = stream.set_nodelay(true);
+                    let (builder, stop, live) = (builder.clone(), stop.clone(), live.clone());
                     match tls.as_ref().map(|current| current()) {
                         None => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service_fn(make(Peer::default())));
-                            let conn = graceful.watch(conn);
+                            let handler = make(Peer::default());
                             tokio::spawn(async move {
-                                if let Err(e) = conn.await {
-                                    tracing::debug!(error = %e, "connection ended with an error");
-                                }
+                                conn::drive(stream, builder, handler, clocks, stop).await;
+                                drop(live);
                             });
                         }
                         Some(None) => {
@@ -80,7 +93,7 @@ pub async fn serve<M, H, Fut, B>(
                         Some(Some(server)) => {
                             // The handshake runs in the connection's task: a slow client
                             // never holds up accepting others.
-                            let (make, builder, watcher) = (make.clone(), builder.clone(), graceful.watcher());
+                            let make = make.clone();
                             let limit = opts.header_read_timeout;
                             tokio::spawn(async move {
                                 let handshake = TlsAcceptor::from(server).accept(stream);
@@ -99,11 +112,9 @@ pub async fn serve<M, H, Fut, B>(
                                     .peer_certificates()
                                     .and_then(|c| c.first())
                                     .map(|leaf| Arc::from(crate::tls::peer_names(leaf)));
-                                let peer = Peer { cert_names: names };
-                                let conn = builder.serve_connection(TokioIo::new(tls), service_fn(make(peer)));
-                                if let Err(e) = watcher.watch(conn).await {
-                                    tracing::debug!(error = %e, "connection ended with an error");
-                                }
+                                let handler = make(Peer { cert_names: names });
+                                conn::drive(tls, builder, handler, clocks, stop).await;
+                                drop(live);
                             });
                         }
                     }
@@ -119,8 +130,9 @@ pub async fn serve<M, H, Fut, B>(
         }
     }
     drop(listener);
+    drop(live);
     let deadline = *drain.borrow();
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    if tokio::time::timeout(deadline, all_closed.recv())
         .await
         .is_err()
     {

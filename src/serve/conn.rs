@@ -1,0 +1,188 @@
+//! One client connection, from accept to close: parked (no hyper state) until the client
+//! writes, then served by hyper until it goes idle for [`io::PARK_AFTER`], then parked
+//! again; closed after `idle_timeout` without a request, or at once when draining.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header write buffer for a connection's whole
+//! life. Parking drops them (and the connection state) between bursts, so an idle keep-alive
+//! connection costs its task, its socket and one timer.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::watch;
+
+use super::io::{Activity, Clocks, IdleEnd, Readiness, Timed};
+use super::stopped;
+
+/// Longest wait for a closing connection's FIN (or TLS close_notify) to be written.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+/// Serves one accepted (and, for TLS, handshaken) connection until it closes.
+pub(super) async fn drive<IO, H, Fut, B>(
+    io: IO,
+    builder: Arc<http1::Builder>,
+    handler: H,
+    clocks: Clocks,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
+    H: Fn(Request<RequestBody>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::new());
+    let mut timed = Timed::new(io, activity.clone(), clocks);
+    let mut service = {
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let has_body = !req.body().is_end_stream();
+            activity.begin(has_body);
+            let busy = Busy(activity.clone());
+            let watch = has_body.then(|| activity.clone());
+            let fut = handler(req.map(|inner| RequestBody { inner, watch }));
+            async move {
+                let Ok(resp) = fut.await;
+                let (mut parts, body) = resp.into_parts();
+                if busy.0.stopping() {
+                    // Draining: this is the connection's last response.
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(Response::from_parts(
+                    parts,
+                    Tracked {
+                        inner: body,
+                        _busy: busy,
+                    },
+                ))
+            }
+        })
+    };
+    let mut parked = IO::PARK_AT_START;
+    loop {
+        // Parked (a fresh connection starts so): wait for a byte, the idle clock or a drain.
+        if parked {
+            let readable = tokio::select! {
+                r = poll_fn(|cx| timed.poll_parked(cx)) => r,
+                () = stopped(&mut stop) => false,
+            };
+            if !readable {
+                break;
+            }
+        }
+        parked = true;
+        timed.resume();
+        let conn = builder.serve_connection(TokioIo::new(timed), service);
+        let mut conn = Box::pin(conn.without_shutdown());
+        let done = loop {
+            tokio::select! {
+                done = &mut conn => break done,
+                () = stopped(&mut stop), if !activity.stopping() => activity.stop(),
+            }
+        };
+        let parts = match done {
+            Ok(parts) => parts,
+            Err(e) => {
+                // The socket went with hyper's state (a client error, or the head timeout).
+                tracing::debug!(error = %e, "connection ended with an error");
+                return;
+            }
+        };
+        timed = parts.io.into_inner();
+        service = parts.service;
+        // hyper ends cleanly only when idle with nothing buffered; anything else closes.
+        if timed.ended != Some(IdleEnd::Park) || !parts.read_buf.is_empty() {
+            break;
+        }
+    }
+    // A clean close: FIN (after close_notify on TLS), never a reset of a request.
+    let _ = tokio::time::timeout(CLOSE_WRITE, timed.io.shutdown()).await;
+}
+
+/// One request in flight on the connection, until its response body is done.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// The request body as the handlers see it: tells the connection when it has been read.
+pub struct RequestBody {
+    inner: Incoming,
+    watch: Option<Arc<Activity>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if ended {
+            if let Some(activity) = this.watch.take() {
+                activity.body_done();
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that ends the connection's busy phase when it is done (or dropped).
+pub struct Tracked<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
