@@ -186,3 +186,28 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked connection's memory is mostly its task, which holds this future inline.
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let clocks = Clocks {
+            header_read: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+        };
+        let handler = |_req: Request<RequestBody>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        };
+        let fut = drive(stream, Arc::new(http1::Builder::new()), handler, clocks, rx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size < 1024, "drive's future is {size} bytes");
+    }
+}

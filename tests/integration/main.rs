@@ -10,6 +10,7 @@ mod adversarial;
 mod cli;
 mod confidentiality;
 mod connections;
+mod desync;
 mod faults;
 mod gateway;
 mod h2_faults;
