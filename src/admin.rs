@@ -64,16 +64,18 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
         .credentials
         .iter()
         .zip(snap.credentials.iter())
-        .map(|(named, key)| {
+        .enumerate()
+        .map(|(slot, (named, key))| {
             let used_by: Vec<&str> = snap
                 .config
                 .principals
                 .iter()
-                .filter(|p| snap.config.credentials.get(p.credential).is_some_and(|c| c.name == named.name))
+                .filter(|p| p.credentials.contains(&Some(slot)))
                 .map(|p| &*p.name)
                 .collect();
             serde_json::json!({
                 "name": &*named.name,
+                "api": snap.config.apis.get(named.api).map(|a| &*a.name),
                 "fingerprint": key.as_ref().map(|c| c.fingerprint()),
                 "source": key.as_ref().map(|c| c.source().as_str()),
                 "loaded_at": key.as_ref().map(|c| humantime::format_rfc3339_seconds(c.loaded_at()).to_string()),
@@ -123,9 +125,10 @@ fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let _ = writeln!(text, "# TYPE {} gauge", telemetry::CREDENTIAL_INFO);
     for (named, key) in snap.config.credentials.iter().zip(snap.credentials.iter()) {
         if let Some(c) = key {
+            let api = snap.config.apis.get(named.api).map_or("none", |a| &*a.name);
             let _ = writeln!(
                 text,
-                "{}{{credential=\"{}\",fingerprint=\"{}\"}} 1",
+                "{}{{api=\"{api}\",credential=\"{}\",fingerprint=\"{}\"}} 1",
                 telemetry::CREDENTIAL_INFO,
                 named.name,
                 c.fingerprint()

@@ -63,6 +63,8 @@ pub struct App {
     shared: Arc<Shared>,
     proxy: TcpListener,
     admin: TcpListener,
+    /// APIs with their own `listen` address: name and listener.
+    apis: Vec<(Arc<str>, TcpListener)>,
 }
 
 impl App {
@@ -77,8 +79,8 @@ impl App {
                 "report mode: NOT enforcing the allow-list; requests it would deny are forwarded and logged as would_deny"
             );
         }
-        if config.upstream.allow_plaintext {
-            tracing::warn!(url = %config.upstream.url, "allow_plaintext_upstream is on: the key may cross the network unencrypted (tests only)");
+        for api in config.apis.iter().filter(|a| a.upstream.allow_plaintext) {
+            tracing::warn!(api = &*api.name, url = %api.upstream.url, "allow_plaintext_upstream is on: the key may cross the network unencrypted (tests only)");
         }
         let loaded = reload::first_credentials(&config);
         for (named, (key, error)) in config.credentials.iter().zip(&loaded) {
@@ -123,11 +125,26 @@ impl App {
         }
         let proxy = bind("listener", proxy_addr).await?;
         let admin = bind("admin", admin_addr).await?;
+        let mut apis = Vec::new();
+        for api in &config.apis {
+            if let Some(addr) = api.listen {
+                apis.push((api.name.clone(), bind("api listener", addr).await?));
+            }
+        }
         Ok(Self {
             shared,
             proxy,
             admin,
+            apis,
         })
+    }
+
+    /// The bound address of API `name`'s own listener.
+    pub fn api_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.apis
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .and_then(|(_, l)| l.local_addr().ok())
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -155,6 +172,7 @@ impl App {
             shared,
             proxy,
             admin,
+            apis,
         } = self;
         let runtime = shared.load().config.runtime.clone();
         let opts = ServeOptions {
@@ -173,13 +191,33 @@ impl App {
             proxy,
             move |peer: caller::Peer| {
                 let shared = proxy_shared.clone();
-                move |req| proxy::handle(shared.clone(), peer.clone(), req)
+                move |req| proxy::handle(shared.clone(), peer.clone(), None, req)
             },
             tls,
             opts,
             stop_rx.clone(),
             drain_rx.clone(),
         ));
+        // Each API's own listener: plain HTTP on loopback, that API only.
+        let api_tasks: Vec<_> = apis
+            .into_iter()
+            .map(|(name, listener)| {
+                let shared = shared.clone();
+                tokio::spawn(serve::serve(
+                    listener,
+                    move |peer: caller::Peer| {
+                        let (shared, name) = (shared.clone(), name.clone());
+                        move |req| {
+                            proxy::handle(shared.clone(), peer.clone(), Some(name.clone()), req)
+                        }
+                    },
+                    None,
+                    opts,
+                    stop_rx.clone(),
+                    drain_rx.clone(),
+                ))
+            })
+            .collect();
         let admin_shared = shared.clone();
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(serve::serve(
@@ -219,6 +257,9 @@ impl App {
         let _ = drain_tx.send(runtime.shutdown_grace.saturating_sub(started.elapsed()));
         let _ = stop_tx.send(true);
         let _ = proxy_task.await;
+        for task in api_tasks {
+            let _ = task.await;
+        }
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         let _ = reload_task.await;
@@ -236,9 +277,7 @@ fn seed_series() {
     {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => code).increment(0);
     }
-    for kind in upstream::FailureKind::KINDS {
-        metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind).increment(0);
-    }
+
     for result in ["ok", "invalid", "refused"] {
         metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
     }

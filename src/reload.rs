@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, ConfigError, CredentialConfig, CredentialSource};
 use crate::limit::Limiter;
 use crate::secret::{Credential, KeyError};
-use crate::state::{PrincipalState, Shared, Snapshot};
+use crate::state::{ApiState, PrincipalState, Shared, Snapshot};
 use crate::telemetry::{self, RequestCounters};
 use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
@@ -34,12 +34,18 @@ const POLL_FALLBACK: Duration = Duration::from_secs(1);
 /// Series known at load exist from the start, at 0, so `rate()` and alerts see the first
 /// event after a change (a key revoked too early: its first 401s).
 fn seed_key_series(config: &Config, credentials: &[Option<Arc<Credential>>]) {
+    for api in &config.apis {
+        for kind in crate::upstream::FailureKind::KINDS {
+            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "api" => api.name.to_string(), "kind" => kind).increment(0);
+        }
+    }
     for (named, key) in config.credentials.iter().zip(credentials) {
         for result in ["ok", "invalid", "error"] {
             metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => result).increment(0);
         }
         if let Some(key) = key {
-            metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "fingerprint" => key.fingerprint().to_owned()).increment(0);
+            let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+            metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "fingerprint" => key.fingerprint().to_owned()).increment(0);
         }
     }
 }
@@ -51,17 +57,27 @@ pub fn compose(
     generation: u64,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigError> {
-    let upstream = Upstream::new(&config.upstream).map_err(|e| ConfigError {
-        file: config.path.clone(),
-        line: None,
-        key: "upstream.ca_file".into(),
-        message: format!("cannot build the TLS client: {e}"),
-    })?;
+    let mut apis = Vec::with_capacity(config.apis.len());
+    for api in &config.apis {
+        let upstream = Upstream::new(&api.upstream).map_err(|e| ConfigError {
+            file: config.path.clone(),
+            line: None,
+            key: if config.named_apis {
+                format!("api.{}.ca_file", api.name)
+            } else {
+                "upstream.ca_file".into()
+            },
+            message: format!("cannot build the TLS client: {e}"),
+        })?;
+        apis.push(ApiState {
+            upstream: Arc::new(upstream),
+        });
+    }
     let principals = config
         .principals
         .iter()
         .map(|p| {
-            let policy = config.compile_policy(p);
+            let policies = config.compile_policies(p);
             let kept = previous.and_then(|prev| {
                 let (i, _) = prev.config.principal(&p.name)?;
                 let old = prev.principals.get(i)?;
@@ -70,8 +86,8 @@ pub fn compose(
                     .then(|| old.limiter.clone())
             });
             PrincipalState {
-                counters: crate::state::request_counters(&p.name, &policy),
-                policy: Arc::new(policy),
+                counters: crate::state::request_counters(&p.name, &config.apis, &policies),
+                policies: policies.into(),
                 limiter: kept.unwrap_or_else(|| Arc::new(Limiter::new(p.rate, p.max_concurrent))),
             }
         })
@@ -81,9 +97,14 @@ pub fn compose(
         generation,
         principals,
         credentials,
-        upstream: Arc::new(upstream),
+        router: Arc::new(config.router()),
+        apis: apis.into(),
         tls,
-        unidentified: Arc::new(RequestCounters::new("unidentified".into(), "none".into())),
+        unidentified: Arc::new(RequestCounters::new(
+            "unidentified".into(),
+            "none".into(),
+            "none".into(),
+        )),
         config,
     })
 }
@@ -331,7 +352,8 @@ impl Reloader {
                 config,
                 principals: snap.principals.clone(),
                 unidentified: snap.unidentified.clone(),
-                upstream: snap.upstream.clone(),
+                apis: snap.apis.clone(),
+                router: snap.router.clone(),
                 credentials,
                 tls,
             })
@@ -378,6 +400,15 @@ impl Reloader {
 }
 
 /// Settings bound at start (sockets, threads): a change is refused, not half-applied.
+/// The APIs with their own listener, bound at start.
+fn own_listeners(config: &Config) -> Vec<(&str, std::net::SocketAddr)> {
+    config
+        .apis
+        .iter()
+        .filter_map(|a| Some((&*a.name, a.listen?)))
+        .collect()
+}
+
 fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
     if old.listener.address != new.listener.address {
         Some("listener.address")
@@ -387,6 +418,8 @@ fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
         Some("runtime.workers")
     } else if old.listener.tls.is_some() != new.listener.tls.is_some() {
         Some("listener.tls")
+    } else if own_listeners(old) != own_listeners(new) {
+        Some("api.*.listen")
     } else {
         None
     }

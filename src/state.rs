@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use crate::config::Config;
 use crate::limit::Limiter;
 use crate::policy::Policy;
+use crate::policy::apis::Router;
 use crate::secret::Credential;
 use crate::telemetry::RequestCounters;
 use crate::tls::TlsMaterial;
@@ -34,26 +35,37 @@ pub struct Snapshot {
     /// Per key source, parallel to `config.credentials`. `None` while no valid key has ever
     /// been loaded for it: its callers fail closed.
     pub credentials: Arc<[Option<Arc<Credential>>]>,
-    pub upstream: Arc<Upstream>,
+    /// Per API, parallel to `config.apis`: its pooled client (its origin only).
+    pub apis: Arc<[ApiState]>,
+    /// Path prefix -> API.
+    pub router: Arc<Router>,
     /// The listener's TLS config (`[listener.tls]`).
     pub tls: Option<Arc<TlsMaterial>>,
     /// Counters for gateway requests no caller could be matched to.
     pub unidentified: Arc<RequestCounters>,
 }
 
+/// One API's live parts.
+#[derive(Debug)]
+pub struct ApiState {
+    pub upstream: Arc<Upstream>,
+}
+
 /// A principal's compiled grants, counters and limits.
 #[derive(Debug)]
 pub struct PrincipalState {
-    pub policy: Arc<Policy>,
-    /// Request counters by `Policy::permissions()` index; the last is `permission="none"`.
-    pub counters: Arc<[RequestCounters]>,
+    /// Per API (parallel to `config.apis`).
+    pub policies: Arc<[Arc<Policy>]>,
+    /// Per API, then one for requests under no API: request counters by
+    /// `Policy::permissions()` index; the last of each is `permission="none"`.
+    pub counters: Arc<[Arc<[RequestCounters]>]>,
     pub limiter: Arc<Limiter>,
 }
 
 impl Snapshot {
-    /// The key principal `i` sends.
-    pub fn credential_for(&self, i: usize) -> Option<&Arc<Credential>> {
-        let slot = self.config.principals.get(i)?.credential;
+    /// The key principal `i` sends to API `api`.
+    pub fn credential_for(&self, i: usize, api: usize) -> Option<&Arc<Credential>> {
+        let slot = (*self.config.principals.get(i)?.credentials.get(api)?)?;
         self.credentials.get(slot)?.as_ref()
     }
 
@@ -69,16 +81,29 @@ impl Snapshot {
     }
 }
 
-/// One counter table per catalogue permission, plus one for requests no route matched.
-pub fn request_counters(caller: &Arc<str>, policy: &Policy) -> Arc<[RequestCounters]> {
+/// Per API, one counter table per catalogue permission plus one for requests no route
+/// matched; then one table (`api="none"`) for requests under no API's prefix.
+pub fn request_counters(
+    caller: &Arc<str>,
+    apis: &[crate::config::Api],
+    policies: &[Arc<Policy>],
+) -> Arc<[Arc<[RequestCounters]>]> {
     let none: Arc<str> = Arc::from("none");
-    policy
-        .permissions()
-        .iter()
-        .cloned()
-        .chain(std::iter::once(none))
-        .map(|p| RequestCounters::new(caller.clone(), p))
-        .collect()
+    let per_api = apis.iter().zip(policies).map(|(api, policy)| {
+        policy
+            .permissions()
+            .iter()
+            .cloned()
+            .chain(std::iter::once(none.clone()))
+            .map(|p| RequestCounters::new(caller.clone(), api.name.clone(), p))
+            .collect::<Arc<[_]>>()
+    });
+    let outside: Arc<[RequestCounters]> = Arc::new([RequestCounters::new(
+        caller.clone(),
+        none.clone(),
+        none.clone(),
+    )]);
+    per_api.chain(std::iter::once(outside)).collect()
 }
 
 /// Process-wide state shared by listeners, admin and the reload task.

@@ -35,8 +35,13 @@ pub fn tally(
     since: Option<SystemTime>,
     caller: Option<&str>,
 ) -> Tally {
-    // Grants do not matter here: every catalogue route counts.
-    let policy = Policy::new(config.catalogue.clone(), |_| true);
+    // Grants do not matter here: every catalogue route counts. The log's `path` is the
+    // path under the API's prefix, and `api` names the API.
+    let policies: Vec<Policy> = config
+        .apis
+        .iter()
+        .map(|a| Policy::new(a.catalogue.clone(), |_| true))
+        .collect();
     let mut t = Tally::default();
     for line in log.lines().map_while(Result::ok) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -63,12 +68,30 @@ pub fn tally(
             }
         }
         t.requests += 1;
+        let api = match v["api"].as_str() {
+            Some(name) => config.apis.iter().position(|a| &*a.name == name),
+            None if !config.named_apis => Some(0),
+            None => None,
+        };
         let route = Method::from_bytes(method.as_bytes())
             .ok()
-            .and_then(|m| policy.lookup(&m, path));
-        match route {
-            Some(r) => *t.permissions.entry(r.permission.to_string()).or_default() += 1,
-            None => *t.uncovered.entry(format!("{method} {path}")).or_default() += 1,
+            .zip(api.and_then(|a| policies.get(a)))
+            .and_then(|(m, policy)| policy.lookup(&m, path));
+        match (route, api) {
+            (Some(r), Some(a)) => {
+                *t.permissions
+                    .entry(config.qualified(a, &r.permission))
+                    .or_default() += 1;
+            }
+            _ => {
+                let under = match api.and_then(|a| config.apis.get(a)) {
+                    Some(a) if config.named_apis => format!("api.{}: ", a.name),
+                    _ => String::new(),
+                };
+                *t.uncovered
+                    .entry(format!("{under}{method} {path}"))
+                    .or_default() += 1;
+            }
         }
     }
     t

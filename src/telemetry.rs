@@ -14,8 +14,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// Proxied requests: `caller` (the service, or the gateway caller; `unidentified`),
-/// `permission`, `decision` (allow, deny, reject, error, would_deny), `status`.
+/// Proxied requests: `caller` (the service, or the gateway caller; `unidentified`), `api`
+/// (`none`: under no API's prefix), `permission`, `decision` (allow, deny, reject, error, would_deny), `status`.
 pub const REQUESTS_TOTAL: &str = "sidekey_requests_total";
 /// Time from request arrival to response headers, seconds.
 pub const REQUEST_DURATION: &str = "sidekey_request_duration_seconds";
@@ -124,17 +124,19 @@ const STATUSES: [u16; 24] = [
 #[derive(Debug)]
 pub struct RequestCounters {
     caller: Arc<str>,
+    api: Arc<str>,
     permission: Arc<str>,
     slots: Box<[OnceLock<Counter>]>,
 }
 
 impl RequestCounters {
-    pub fn new(caller: Arc<str>, permission: Arc<str>) -> Self {
+    pub fn new(caller: Arc<str>, api: Arc<str>, permission: Arc<str>) -> Self {
         let slots = (0..DECISIONS.len() * STATUSES.len())
             .map(|_| OnceLock::new())
             .collect();
         Self {
             caller,
+            api,
             permission,
             slots,
         }
@@ -153,7 +155,7 @@ impl RequestCounters {
 
     fn register(&self, decision: usize, status: StatusCode) -> Counter {
         let decision = DECISIONS.get(decision).copied().unwrap_or("error");
-        metrics::counter!(REQUESTS_TOTAL, "caller" => self.caller.to_string(), "permission" => self.permission.to_string(), "decision" => decision, "status" => status.as_str().to_owned())
+        metrics::counter!(REQUESTS_TOTAL, "caller" => self.caller.to_string(), "api" => self.api.to_string(), "permission" => self.permission.to_string(), "decision" => decision, "status" => status.as_str().to_owned())
     }
 }
 

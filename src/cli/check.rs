@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{CheckOptions, EXIT_BAD_CONFIG, decision_of};
 use crate::config::{Config, CredentialSource, Expect, Identity, PolicyTest, Principal};
@@ -27,18 +28,30 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
             return EXIT_BAD_CONFIG;
         }
     };
-    let policies: Vec<Policy> = config
+    let policies: Vec<Vec<Arc<Policy>>> = config
         .principals
         .iter()
-        .map(|p| config.compile_policy(p))
+        .map(|p| config.compile_policies(p))
         .collect();
+    let router = config.router();
     // Catalogue lints are the same for every caller: report each once.
     let mut lints: Vec<(&Principal, Lint)> = Vec::new();
-    for (p, policy) in config.principals.iter().zip(&policies) {
-        for l in crate::policy::lint::lint(policy, &config.catalogue, &p.allow) {
-            let per_caller = l.kind == "granted_never_matches";
-            if per_caller || !lints.iter().any(|(_, o)| o.message == l.message) {
-                lints.push((p, l));
+    for (p, per_api) in config.principals.iter().zip(&policies) {
+        for (i, (api, policy)) in config.apis.iter().zip(per_api).enumerate() {
+            let granted: Vec<Arc<str>> = p
+                .grants
+                .iter()
+                .filter(|(a, _)| *a == i)
+                .map(|(_, g)| g.clone())
+                .collect();
+            for mut l in crate::policy::lint::lint(policy, &api.catalogue, &granted) {
+                if config.named_apis {
+                    l.message = format!("api.{}: {}", api.name, l.message);
+                }
+                let per_caller = l.kind == "granted_never_matches";
+                if per_caller || !lints.iter().any(|(_, o)| o.message == l.message) {
+                    lints.push((p, l));
+                }
             }
         }
     }
@@ -46,8 +59,8 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
         .tests
         .iter()
         .filter_map(|t| {
-            let policy = policies.get(t.principal)?;
-            Some((t, decision_of(policy, &t.method, &t.target)))
+            let per_api = policies.get(t.principal)?;
+            Some((t, decision_of(&router, per_api, &t.method, &t.target)))
         })
         .collect();
     let failed = results.iter().filter(|(t, got)| t.expect != *got).count();
@@ -72,11 +85,18 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
             "service": &*config.service.name,
             "mode": config.service.mode.as_str(),
             "gateway": config.gateway,
+            "apis": config.apis.iter().map(|a| serde_json::json!({
+                "name": &*a.name,
+                "url": a.upstream.url,
+                "path_prefix": a.prefix.as_deref(),
+                "listen": a.listen.map(|l| l.to_string()),
+            })).collect::<Vec<_>>(),
             "grants": config.principals.first().map(|p| grants(&config, p)),
             "callers": config.principals.iter().map(|p| serde_json::json!({
                 "name": &*p.name,
                 "identity": identity(&p.identity),
-                "credential": config.credentials.get(p.credential).map(|c| &*c.name),
+                "credential": p.credentials.first().copied().flatten().and_then(|s| config.credentials.get(s)).map(|c| &*c.name),
+                "credentials": config.apis.iter().zip(&p.credentials).map(|(a, s)| (a.name.to_string(), serde_json::json!(s.and_then(|s| config.credentials.get(s)).map(|c| &*c.name)))).collect::<serde_json::Map<_, _>>(),
                 "grants": grants(&config, p),
             })).collect::<Vec<_>>(),
             "lints": lints.iter().map(|(p, l)| serde_json::json!({"kind": l.kind, "caller": &*p.name, "message": lint_text(p, l)})).collect::<Vec<_>>(),
@@ -153,16 +173,19 @@ fn identity(id: &Identity) -> String {
 }
 
 fn grants(config: &Config, p: &Principal) -> serde_json::Map<String, serde_json::Value> {
-    p.allow
+    p.grants
         .iter()
-        .map(|perm| {
+        .map(|(api, perm)| {
             let routes: Vec<&str> = config
-                .catalogue
+                .apis
+                .get(*api)
+                .map(|a| a.catalogue.as_slice())
+                .unwrap_or_default()
                 .iter()
                 .filter(|r| r.permission == *perm)
                 .map(|r| &*r.text)
                 .collect();
-            (perm.to_string(), serde_json::json!(routes))
+            (config.qualified(*api, perm), serde_json::json!(routes))
         })
         .collect()
 }
@@ -192,7 +215,19 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         "listener {}{tls}  admin {}",
         config.listener.address, config.admin.address
     )?;
-    writeln!(out, "upstream {}", config.upstream.url)?;
+    for api in &config.apis {
+        if config.named_apis {
+            let at = match (&api.prefix, api.listen) {
+                (Some(p), Some(l)) => format!("{p} and listener {l}"),
+                (Some(p), None) => p.to_string(),
+                (None, Some(l)) => format!("listener {l}"),
+                (None, None) => "unreachable".into(),
+            };
+            writeln!(out, "api {} at {at} -> {}", api.name, api.upstream.url)?;
+        } else {
+            writeln!(out, "upstream {}", api.upstream.url)?;
+        }
+    }
     for p in &config.principals {
         if config.gateway {
             writeln!(out, "caller {} ({})", p.name, identity(&p.identity))?;
@@ -204,32 +239,53 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
                 config.service.mode.as_str()
             )?;
         }
-        writeln!(out, "  credential {}", source(config, p.credential))?;
         if let Some(r) = p.rate {
             writeln!(out, "  rate {}/s, burst {}", r.per_second, r.burst)?;
         }
         if let Some(m) = p.max_concurrent {
             writeln!(out, "  max_concurrent {m}")?;
         }
-        for perm in &p.allow {
-            writeln!(out, "  {perm}")?;
-            for route in config.catalogue.iter().filter(|r| r.permission == *perm) {
-                writeln!(out, "    {}", route.text)?;
+        let indent = if config.named_apis { "  " } else { "" };
+        for (i, api) in config.apis.iter().enumerate() {
+            let granted: Vec<&Arc<str>> = p
+                .grants
+                .iter()
+                .filter(|(a, _)| *a == i)
+                .map(|(_, g)| g)
+                .collect();
+            let slot = p.credentials.get(i).copied().flatten();
+            if config.named_apis {
+                if granted.is_empty() {
+                    writeln!(out, "  api {}: nothing granted", api.name)?;
+                    continue;
+                }
+                writeln!(out, "  api {}", api.name)?;
             }
-        }
-        let mut denied: Vec<&str> = config
-            .catalogue
-            .iter()
-            .map(|r| &*r.permission)
-            .filter(|perm| !p.allow.iter().any(|a| &**a == *perm))
-            .collect();
-        denied.dedup();
-        if !denied.is_empty() {
             writeln!(
                 out,
-                "  not granted (403 permission_denied): {}",
-                denied.join(", ")
+                "{indent}  credential {}",
+                slot.map_or("none".into(), |s| source(config, s))
             )?;
+            for perm in &granted {
+                writeln!(out, "{indent}  {}", config.qualified(i, perm))?;
+                for route in api.catalogue.iter().filter(|r| r.permission == **perm) {
+                    writeln!(out, "{indent}    {}", route.text)?;
+                }
+            }
+            let mut denied: Vec<&str> = api
+                .catalogue
+                .iter()
+                .map(|r| &*r.permission)
+                .filter(|perm| !granted.iter().any(|g| &***g == *perm))
+                .collect();
+            denied.dedup();
+            if !denied.is_empty() {
+                writeln!(
+                    out,
+                    "{indent}  not granted (403 permission_denied): {}",
+                    denied.join(", ")
+                )?;
+            }
         }
     }
     if config.gateway {

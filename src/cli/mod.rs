@@ -11,6 +11,9 @@ use std::path::Path;
 use http::{Method, Uri};
 
 use crate::config::{Config, Expect, Mode, Principal};
+use std::sync::Arc;
+
+use crate::policy::apis::{Router, decide};
 use crate::policy::{Policy, Verdict};
 use crate::proxy::ProxyError;
 
@@ -26,13 +29,19 @@ pub struct CheckOptions {
     pub json: bool,
 }
 
-/// The decision class of a verdict, as `[[test]] expect` names it.
-pub fn decision_of(policy: &Policy, method: &str, target: &str) -> Expect {
+/// The decision class of a verdict, as `[[test]] expect` names it. `policies`: the
+/// principal's, per API; the target is the local path (with the API's prefix).
+pub fn decision_of(
+    router: &Router,
+    policies: &[Arc<Policy>],
+    method: &str,
+    target: &str,
+) -> Expect {
     let (Ok(method), Ok(uri)) = (Method::from_bytes(method.as_bytes()), target.parse::<Uri>())
     else {
         return Expect::Reject;
     };
-    match policy.evaluate(&method, &uri) {
+    match decide(router, policies, None, &method, &uri).verdict {
         Verdict::Allow { .. } => Expect::Allow,
         Verdict::PermissionDenied { .. } | Verdict::NoRoute { .. } => Expect::Deny,
         Verdict::MethodNotAllowed | Verdict::Rejected(_) => Expect::Reject,
@@ -67,7 +76,8 @@ pub fn explain(
             return EXIT_BAD_CONFIG;
         }
     };
-    let policy = config.compile_policy(principal);
+    let policies = config.compile_policies(principal);
+    let router = config.router();
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         let _ = writeln!(
             out,
@@ -85,40 +95,49 @@ pub fn explain(
             return 1;
         }
     };
-    let verdict = policy.evaluate(&method, &uri);
-    let _ = match (&verdict, ProxyError::from_verdict(&verdict)) {
-        (Verdict::Allow { route, path }, _) => {
+    let decision = decide(&router, &policies, None, &method, &uri);
+    let api = decision.api.and_then(|a| config.apis.get(a));
+    if config.named_apis {
+        let _ = match api {
+            Some(a) => writeln!(out, "api: {} ({})", a.name, a.upstream.url),
+            None => writeln!(out, "api: none (no API's path_prefix holds this path)"),
+        };
+    }
+    let verdict = decision.verdict;
+    let _ = match (&verdict, ProxyError::from_verdict(&verdict), api) {
+        (Verdict::Allow { route, path }, _, Some(api)) => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let permission = config.qualified(decision.api.unwrap_or(0), &route.permission);
             writeln!(
                 out,
-                "allowed: {method} {target}\n  permission: {}\n  route:      {}\n  forwarded:  {}://{}{path}{query}",
-                route.permission, route.pattern, config.upstream.scheme, config.upstream.authority
+                "allowed: {method} {target}\n  permission: {permission}\n  route:      {}\n  forwarded:  {}://{}{path}{query}",
+                route.pattern, api.upstream.scheme, api.upstream.authority
             )
         }
-        (Verdict::PermissionDenied { route, .. }, Some(e)) => writeln!(
+        (Verdict::PermissionDenied { route, .. }, Some(e), _) => writeln!(
             out,
             "denied: {} {}: route `{}` needs permission `{}`, which {} `{}` is not granted",
             e.status().as_u16(),
             e.code(),
             route.pattern,
-            route.permission,
+            config.qualified(decision.api.unwrap_or(0), &route.permission),
             if config.gateway { "caller" } else { "service" },
             principal.name
         ),
-        (Verdict::NoRoute { path }, Some(e)) => writeln!(
+        (Verdict::NoRoute { path }, Some(e), _) => writeln!(
             out,
             "denied: {} {}: no catalogue route matches {method} {path}",
             e.status().as_u16(),
             e.code()
         ),
-        (Verdict::MethodNotAllowed, Some(e)) => writeln!(
+        (Verdict::MethodNotAllowed, Some(e), _) => writeln!(
             out,
             "rejected: {} {}: {}",
             e.status().as_u16(),
             e.code(),
             e.message()
         ),
-        (Verdict::Rejected(rule), Some(e)) => writeln!(
+        (Verdict::Rejected(rule), Some(e), _) => writeln!(
             out,
             "rejected: {} {} ({}): {}",
             e.status().as_u16(),
@@ -126,7 +145,9 @@ pub fn explain(
             rule.reason(),
             rule.describe()
         ),
-        (_, None) => writeln!(out, "internal: a refusal without an error"),
+        (Verdict::Allow { .. }, _, None) | (_, None, _) => {
+            writeln!(out, "internal: a refusal without an error")
+        }
     };
     if config.service.mode == Mode::Report
         && matches!(

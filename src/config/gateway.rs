@@ -22,13 +22,21 @@ pub(crate) fn listener_tls(ctx: &Ctx<'_>, raw: &RawListenerTls) -> ListenerTls {
     }
 }
 
-/// Resolves `allow` against the catalogue's permission names (deduplicated).
+/// Each API's name and catalogue permission names, as grants are resolved against them.
+pub(crate) type ApiNames = [(Arc<str>, Vec<Arc<str>>)];
+
+/// Grants as written, and resolved to (API index, permission).
+pub(crate) type Grants = (Vec<Arc<str>>, Vec<(usize, Arc<str>)>);
+
+/// Resolves `allow` against the catalogues (deduplicated): as written, and as (API index,
+/// permission). With named APIs every entry is qualified, `api/permission`.
 pub(crate) fn grants(
     ctx: &Ctx<'_>,
     key: &str,
     allow: &Spanned<Vec<Spanned<String>>>,
-    names: &[Arc<str>],
-) -> Result<Vec<Arc<str>>, super::ConfigError> {
+    apis: &ApiNames,
+    named: bool,
+) -> Result<Grants, super::ConfigError> {
     if allow.get_ref().is_empty() {
         return ctx.err(
             key,
@@ -36,29 +44,91 @@ pub(crate) fn grants(
             "grant at least one permission (default is deny-all, which serves nothing)",
         );
     }
-    let mut out: Vec<Arc<str>> = Vec::new();
+    let mut written: Vec<Arc<str>> = Vec::new();
+    let mut out: Vec<(usize, Arc<str>)> = Vec::new();
     for perm in allow.get_ref() {
-        let Some(known) = names.iter().find(|n| ***n == **perm.get_ref()) else {
+        let text = perm.get_ref().trim();
+        let (api, name) = if named {
+            let Some((a, p)) = text.split_once('/') else {
+                let example = apis.first().map_or("api", |(n, _)| &**n);
+                return ctx.err(
+                    key,
+                    Some(perm.span()),
+                    format!("`{text}`: with [api.NAME] tables, qualify a permission with its API, as `{example}/{text}`"),
+                );
+            };
+            let Some(i) = apis.iter().position(|(n, _)| **n == *a) else {
+                return ctx.err(
+                    key,
+                    Some(perm.span()),
+                    format!("`{text}`: there is no [api.{a}]"),
+                );
+            };
+            (i, p)
+        } else {
+            (0, text)
+        };
+        let known = apis
+            .get(api)
+            .and_then(|(_, names)| names.iter().find(|n| ***n == *name));
+        let Some(known) = known else {
+            let which = if named {
+                format!(
+                    "api.{}'s catalogue",
+                    apis.get(api).map_or("?", |(n, _)| &**n)
+                )
+            } else {
+                "the catalogue".to_owned()
+            };
             return ctx.err(
                 key,
                 Some(perm.span()),
-                format!("permission `{}` is not in the catalogue", perm.get_ref()),
+                format!("permission `{name}` is not in {which}"),
             );
         };
-        if !out.contains(known) {
-            out.push(known.clone());
+        if !out.iter().any(|(a, p)| *a == api && p == known) {
+            out.push((api, known.clone()));
+            written.push(text.into());
         }
     }
-    Ok(out)
+    Ok((written, out))
 }
 
-/// Builds one principal per `[[caller]]`, adding a credential slot for each caller that
-/// brings its own key (header and prefix default to `[credential]`'s).
+/// What callers need to know about the APIs' own keys.
+pub(crate) struct ApiKeys<'a> {
+    pub names: &'a ApiNames,
+    /// Per API: its own key's config (header and prefix a caller's key defaults to).
+    pub keys: &'a [Option<CredentialConfig>],
+    /// Per API: its own key's slot in `Config::credentials`.
+    pub slots: &'a [Option<usize>],
+    pub named: bool,
+}
+
+/// A caller's own key: header and prefix default to the API's key's (else the defaults).
+fn own_key(
+    ctx: &Ctx<'_>,
+    key: &str,
+    raw: &super::raw::RawCredential,
+    api_key: Option<&CredentialConfig>,
+) -> Result<CredentialConfig, super::ConfigError> {
+    let mut own = credential(ctx, key, raw)?;
+    if let Some(d) = api_key {
+        if raw.header.is_none() {
+            own.header = d.header.clone();
+        }
+        if raw.prefix.is_none() {
+            own.prefix = d.prefix.clone();
+        }
+    }
+    Ok(own)
+}
+
+/// Builds one principal per `[[caller]]`, adding a credential slot for each key a caller
+/// brings of its own.
 pub(crate) fn callers(
     ctx: &Ctx<'_>,
     raw: Vec<RawCaller>,
-    names: &[Arc<str>],
-    default: Option<&CredentialConfig>,
+    apis: &ApiKeys<'_>,
     credentials: &mut Vec<NamedCredential>,
     client_ca: bool,
 ) -> Result<Vec<Principal>, super::ConfigError> {
@@ -66,19 +136,21 @@ pub(crate) fn callers(
     for (i, c) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("caller[{i}].{k}");
         let name = c.name.get_ref().trim();
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(allowed) {
+        if !super::apis::is_label_name(name) {
             return ctx.err(
                 &key("name"),
                 Some(c.name.span()),
                 "must be 1-64 characters of letters, digits, `-`, `_`, `.` or `:` (it is a metric label)",
             );
         }
-        if out.iter().any(|p| &*p.name == name) || name == "default" {
+        if out.iter().any(|p| &*p.name == name)
+            || name == "default"
+            || apis.names.iter().any(|(n, _)| **n == *name)
+        {
             return ctx.err(
                 &key("name"),
                 Some(c.name.span()),
-                format!("caller name `{name}` is used twice (or is the reserved `default`)"),
+                format!("caller name `{name}` is used twice (or is the reserved `default`, or an API's name)"),
             );
         }
         let identity = match (&c.client_cert_san, &c.token_sha256) {
@@ -124,33 +196,80 @@ pub(crate) fn callers(
                 format!("caller `{name}` has the same identity as `{}`", dup.name),
             );
         }
-        let allow = grants(ctx, &key("allow"), &c.allow, names)?;
-        let credential = match (&c.credential, default) {
-            (Some(own), _) => {
-                let mut own_config = credential(ctx, &key("credential"), own.get_ref())?;
-                if let Some(d) = default {
-                    if own.get_ref().header.is_none() {
-                        own_config.header = d.header.clone();
-                    }
-                    if own.get_ref().prefix.is_none() {
-                        own_config.prefix = d.prefix.clone();
-                    }
-                }
+        let (allow, grants) = grants(ctx, &key("allow"), &c.allow, apis.names, apis.named)?;
+        let mut slots = apis.slots.to_vec();
+        match (&c.credential, &c.credentials, apis.named) {
+            (Some(own), None, false) => {
+                let config = own_key(
+                    ctx,
+                    &key("credential"),
+                    own.get_ref(),
+                    apis.keys.first().and_then(Option::as_ref),
+                )?;
                 credentials.push(NamedCredential {
                     name: name.into(),
-                    config: own_config,
+                    api: 0,
+                    config,
                 });
-                credentials.len() - 1
+                if let Some(slot) = slots.first_mut() {
+                    *slot = Some(credentials.len() - 1);
+                }
             }
-            (None, Some(_)) => 0,
-            (None, None) => {
+            (None, Some(per_api), true) => {
+                for (api_name, raw_key) in per_api.get_ref() {
+                    let k = key(&format!("credentials.{api_name}"));
+                    let Some(api) = apis.names.iter().position(|(n, _)| **n == **api_name) else {
+                        return ctx.err(
+                            &k,
+                            Some(raw_key.span()),
+                            format!("there is no [api.{api_name}]"),
+                        );
+                    };
+                    let config = own_key(
+                        ctx,
+                        &k,
+                        raw_key.get_ref(),
+                        apis.keys.get(api).and_then(Option::as_ref),
+                    )?;
+                    credentials.push(NamedCredential {
+                        name: format!("{name}/{api_name}").into(),
+                        api,
+                        config,
+                    });
+                    if let Some(slot) = slots.get_mut(api) {
+                        *slot = Some(credentials.len() - 1);
+                    }
+                }
+            }
+            (None, None, _) => {}
+            (Some(own), _, true) => {
                 return ctx.err(
                     &key("credential"),
-                    Some(c.name.span()),
-                    "no key for this caller: give it `credential = { file = ... }` or add a [credential] table",
+                    Some(own.span()),
+                    "with [api.NAME] tables a caller's keys are per API: `credentials = { NAME = { file = \"...\" } }`",
                 );
             }
-        };
+            (_, Some(per_api), false) => {
+                return ctx.err(
+                    &key("credentials"),
+                    Some(per_api.span()),
+                    "`credentials` (per API) is for [api.NAME] configs; here use `credential = { file = ... }`",
+                );
+            }
+        }
+        for (api, _) in &grants {
+            if slots.get(*api).copied().flatten().is_none() {
+                let message = if apis.named {
+                    let api_name = apis.names.get(*api).map_or("?", |(n, _)| &**n);
+                    format!(
+                        "no key for this caller on api.{api_name}: give it `credentials = {{ {api_name} = {{ file = ... }} }}` or give [api.{api_name}] a `credential`"
+                    )
+                } else {
+                    "no key for this caller: give it `credential = { file = ... }` or add a [credential] table".to_owned()
+                };
+                return ctx.err(&key("credential"), Some(c.name.span()), message);
+            }
+        }
         let rate = match &c.rate {
             None => None,
             Some(r) => {
@@ -202,7 +321,8 @@ pub(crate) fn callers(
             name: name.into(),
             identity,
             allow,
-            credential,
+            grants,
+            credentials: slots,
             rate,
             max_concurrent,
         });

@@ -2,6 +2,7 @@
 //! validated [`Config`] in one step. Every error names the file, the key path and the line,
 //! so `sidekey check` output can be acted on without reading the source.
 
+mod apis;
 mod gateway;
 mod raw;
 mod sections;
@@ -24,15 +25,17 @@ use crate::policy::RouteSpec;
 pub struct Config {
     /// The config file this was read from.
     pub path: PathBuf,
-    /// The catalogue file, when `permissions_file` names one.
-    pub permissions_path: Option<PathBuf>,
     /// SHA-256 over every source text: equal digests mean nothing changed.
     pub digest: [u8; 32],
     pub listener: Listener,
     pub admin: Admin,
-    pub upstream: Upstream,
-    /// Every key source, by name: `default` is `[credential]`; a caller with its own
-    /// `credential` gets a slot named after it.
+    /// The APIs sidekey fronts. The single-API shape (`[upstream]` + `[credential]`) is one
+    /// API named `default` at `/`.
+    pub apis: Vec<Api>,
+    /// `[api.NAME]` tables were given: grants are qualified (`api/permission`).
+    pub named_apis: bool,
+    /// Every key source, by name: an API's own key is named after the API (`default` in the
+    /// single-API shape); a caller's own key after the caller (`caller/api` with named APIs).
     pub credentials: Vec<NamedCredential>,
     /// Service shape: the one local service. Gateway shape: `gateway` (enforce).
     pub service: Service,
@@ -41,8 +44,6 @@ pub struct Config {
     pub principals: Vec<Principal>,
     /// `[[caller]]` entries were given: callers must identify themselves.
     pub gateway: bool,
-    /// Every catalogue route, by permission name then declaration order.
-    pub catalogue: Vec<RouteSpec>,
     pub runtime: Runtime,
     pub reload: Reload,
     pub limits: Limits,
@@ -54,7 +55,25 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct NamedCredential {
     pub name: Arc<str>,
+    /// The API this key is sent to (index into `Config::apis`): only ever its origin.
+    pub api: usize,
     pub config: CredentialConfig,
+}
+
+/// One API: its origin, where it is reached locally, its catalogue.
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// `default` in the single-API shape; follows the caller-name rules (a metric label).
+    pub name: Arc<str>,
+    /// `/` or `/segment[/segment...]`; `None`: reached only on its own `listen` address.
+    pub prefix: Option<Arc<str>>,
+    /// Its own loopback listener (for SDKs that drop a base path).
+    pub listen: Option<std::net::SocketAddr>,
+    pub upstream: Upstream,
+    /// Every catalogue route, by permission name then declaration order.
+    pub catalogue: Vec<RouteSpec>,
+    /// The catalogue file, when `permissions_file` names one.
+    pub permissions_path: Option<PathBuf>,
 }
 
 /// One identity with its own grants and key.
@@ -62,9 +81,12 @@ pub struct NamedCredential {
 pub struct Principal {
     pub name: Arc<str>,
     pub identity: Identity,
+    /// As written (qualified with named APIs), deduplicated.
     pub allow: Vec<Arc<str>>,
-    /// Index into `Config::credentials`.
-    pub credential: usize,
+    /// `allow` resolved: (API index, permission).
+    pub grants: Vec<(usize, Arc<str>)>,
+    /// Per API (parallel to `Config::apis`): index into `Config::credentials`.
+    pub credentials: Vec<Option<usize>>,
     pub rate: Option<Rate>,
     pub max_concurrent: Option<usize>,
 }
@@ -276,21 +298,59 @@ impl Config {
             }
             None => None,
         };
+        let mut api_files = std::collections::BTreeMap::new();
+        for (name, api) in &raw.api {
+            if let Some(rel) = &api.get_ref().permissions_file {
+                let full = dir.join(rel.get_ref());
+                let cat_text = read(&full)?;
+                hasher.update([0u8]);
+                hasher.update(cat_text.as_bytes());
+                let cat: raw::RawCatalogue = parse(&full, &cat_text)?;
+                api_files.insert(name.clone(), (full, cat_text, cat.permissions));
+            }
+        }
         let ctx = validate::Ctx {
             path,
             text: &text,
             dir,
         };
-        let mut config = validate::validate(&ctx, raw, catalogue)?;
+        let mut config = validate::validate(&ctx, raw, catalogue, api_files)?;
         config.digest = hasher.finalize().into();
         Ok(config)
     }
 
-    /// A principal's compiled allow-list: the catalogue, with its `allow` resolved.
-    /// `run` (via the reload task), `check` and `explain` all build it here.
-    pub fn compile_policy(&self, principal: &Principal) -> crate::policy::Policy {
-        let allow = &principal.allow;
-        crate::policy::Policy::new(self.catalogue.clone(), |p| allow.iter().any(|a| **a == *p))
+    /// A principal's compiled allow-list for one API: its catalogue, with the grants
+    /// resolved. `run` (via the reload task), `check` and `explain` all build it here.
+    pub fn compile_policy(&self, principal: &Principal, api: usize) -> crate::policy::Policy {
+        let catalogue = self
+            .apis
+            .get(api)
+            .map(|a| a.catalogue.clone())
+            .unwrap_or_default();
+        let grants = &principal.grants;
+        crate::policy::Policy::new(catalogue, |p| {
+            grants.iter().any(|(a, g)| *a == api && **g == *p)
+        })
+    }
+
+    /// Every API's policy for one principal (parallel to `apis`).
+    pub fn compile_policies(&self, principal: &Principal) -> Vec<Arc<crate::policy::Policy>> {
+        (0..self.apis.len())
+            .map(|i| Arc::new(self.compile_policy(principal, i)))
+            .collect()
+    }
+
+    /// The prefix router over every API.
+    pub fn router(&self) -> crate::policy::apis::Router {
+        crate::policy::apis::Router::new(self.apis.iter().map(|a| a.prefix.as_deref()))
+    }
+
+    /// The name a permission is granted by: qualified with named APIs.
+    pub fn qualified(&self, api: usize, permission: &str) -> String {
+        match self.apis.get(api) {
+            Some(a) if self.named_apis => format!("{}/{permission}", a.name),
+            _ => permission.to_owned(),
+        }
     }
 
     /// The principal named `name`.
@@ -304,7 +364,7 @@ impl Config {
     /// Files whose changes should trigger a reload.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        files.extend(self.permissions_path.clone());
+        files.extend(self.apis.iter().filter_map(|a| a.permissions_path.clone()));
         for c in &self.credentials {
             if let CredentialSource::File(f) = &c.config.source {
                 files.push(f.clone());

@@ -30,6 +30,29 @@ pub(crate) struct RawConfig {
     /// Gateway shape: one entry per identified caller (`[[caller]]`).
     #[serde(default)]
     pub caller: Vec<RawCaller>,
+    /// Several APIs: `[api.NAME]` tables (instead of `[upstream]` + `[credential]`).
+    #[serde(default)]
+    pub api: BTreeMap<String, Spanned<RawApi>>,
+}
+
+/// One named API: its origin (every `[upstream]` setting), where it is reached locally,
+/// its catalogue and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApi {
+    pub url: Spanned<String>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub permissions_file: Option<Spanned<String>>,
+    pub permissions: Option<RawPermissions>,
+    pub credential: Option<Spanned<RawCredential>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub pool_idle_timeout: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_plaintext_upstream: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +63,8 @@ pub(crate) struct RawCaller {
     pub token_sha256: Option<Spanned<String>>,
     pub allow: Spanned<Vec<Spanned<String>>>,
     pub credential: Option<Spanned<RawCredential>>,
+    /// Several APIs: the caller's own key per API name.
+    pub credentials: Option<Spanned<BTreeMap<String, Spanned<RawCredential>>>>,
     /// `"50/s"`, `"3000/m"`, `"100/h"`.
     pub rate: Option<Spanned<String>>,
     pub burst: Option<Spanned<i64>>,

@@ -75,11 +75,15 @@ fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// An origin's settings; `table` is `upstream` or `api.NAME` (for error keys).
 pub(super) fn upstream(
     ctx: &Ctx<'_>,
+    table: &str,
     up: super::raw::RawUpstream,
 ) -> Result<Upstream, ConfigError> {
-    let key = "upstream.url";
+    let url_key = format!("{table}.url");
+    let key = url_key.as_str();
+    let k = |name: &str| format!("{table}.{name}");
     let span = Some(up.url.span());
     let url = up.url.get_ref();
     let uri: Uri = match url.parse() {
@@ -118,14 +122,14 @@ pub(super) fn upstream(
                 Ok(c) if !c.is_empty() => c,
                 Ok(_) => {
                     return ctx.err(
-                        "upstream.ca_file",
+                        &k("ca_file"),
                         Some(f.span()),
                         format!("{} holds no PEM certificate", path.display()),
                     );
                 }
                 Err(e) => {
                     return ctx.err(
-                        "upstream.ca_file",
+                        &k("ca_file"),
                         Some(f.span()),
                         format!("cannot read {}: {e}", path.display()),
                     );
@@ -140,7 +144,7 @@ pub(super) fn upstream(
         Some("http2") => Protocol::Http2,
         Some(other) => {
             return ctx.err(
-                "upstream.protocol",
+                &k("protocol"),
                 up.protocol.as_ref().map(Spanned::span),
                 format!("`{other}` is not one of auto, http1, http2"),
             );
@@ -154,19 +158,19 @@ pub(super) fn upstream(
         extra_roots,
         connect_timeout: duration(
             ctx,
-            "upstream.connect_timeout",
+            &k("connect_timeout"),
             up.connect_timeout.as_ref(),
             "5s",
         )?,
         response_timeout: duration(
             ctx,
-            "upstream.response_timeout",
+            &k("response_timeout"),
             up.response_timeout.as_ref(),
             "60s",
         )?,
         pool_idle_timeout: duration(
             ctx,
-            "upstream.pool_idle_timeout",
+            &k("pool_idle_timeout"),
             up.pool_idle_timeout.as_ref(),
             "90s",
         )?,

@@ -40,15 +40,15 @@ fn minimal_config_gets_defaults() {
     let c = Config::load(&write(&d, "s.toml", MINIMAL)).unwrap();
     assert_eq!(c.listener.address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
-    assert_eq!(c.upstream.authority.as_str(), "api.example.com");
-    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.apis[0].upstream.authority.as_str(), "api.example.com");
+    assert_eq!(c.apis[0].upstream.connect_timeout, Duration::from_secs(5));
     assert_eq!(
         c.credentials[0].config.source,
         CredentialSource::File(d.join("key"))
     );
     assert_eq!(c.credentials[0].config.header, http::header::AUTHORIZATION);
     assert_eq!(c.credentials[0].config.prefix, "Bearer ");
-    assert_eq!(c.catalogue.len(), 2);
+    assert_eq!(c.apis[0].catalogue.len(), 2);
     assert_eq!(c.runtime.workers, 1);
 }
 
@@ -112,7 +112,7 @@ fn plaintext_needs_the_escape_hatch() {
     );
     let d = tmp();
     let c = Config::load(&write(&d, "s.toml", &text)).unwrap();
-    assert!(c.upstream.allow_plaintext);
+    assert!(c.apis[0].upstream.allow_plaintext);
 }
 
 #[test]
@@ -124,8 +124,8 @@ fn permissions_file_is_relative_and_hashed() {
         .replace("[service]", "[service]\npermissions_file = \"cat.toml\"");
     let path = write(&d, "s.toml", &text);
     let c1 = Config::load(&path).unwrap();
-    assert_eq!(c1.permissions_path, Some(d.join("cat.toml")));
-    assert_eq!(&*c1.catalogue[0].text, "GET /x");
+    assert_eq!(c1.apis[0].permissions_path, Some(d.join("cat.toml")));
+    assert_eq!(&*c1.apis[0].catalogue[0].text, "GET /x");
     write(&d, "cat.toml", "[permissions]\n\"a:read\" = [\"GET /y\"]\n");
     let c2 = Config::load(&path).unwrap();
     assert_ne!(c1.digest, c2.digest);

@@ -9,12 +9,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawPermissions};
-use super::sections::{credential, limits, upstream};
+use super::sections::limits;
 use super::{
     Admin, Config, ConfigError, Expect, Identity, Listener, Mode, NamedCredential, PolicyTest,
     Principal, Reload, Runtime, Service, line_of,
 };
-use crate::policy::{Pattern, RouteSpec};
 
 pub(crate) struct Ctx<'a> {
     pub path: &'a Path,
@@ -73,8 +72,9 @@ pub(crate) fn catalogue_file(
 
 pub(crate) fn validate(
     ctx: &Ctx<'_>,
-    raw: RawConfig,
+    mut raw: RawConfig,
     file_catalogue: Option<(PathBuf, String, RawPermissions)>,
+    api_files: std::collections::BTreeMap<String, super::apis::CatalogueFile>,
 ) -> Result<Config, ConfigError> {
     let listener = Listener {
         address: address(
@@ -115,71 +115,35 @@ pub(crate) fn validate(
             "127.0.0.1:9901",
         )?,
     };
-    let Some(up) = raw.upstream else {
-        return ctx.err("upstream", None, "missing table [upstream] with `url`");
+    super::apis::check_shape(ctx, &raw)?;
+    let named_apis = !raw.api.is_empty();
+    let drafted = if named_apis {
+        super::apis::named(ctx, std::mem::take(&mut raw.api), api_files)?
+    } else {
+        super::apis::single(
+            ctx,
+            raw.upstream.take(),
+            raw.credential.as_ref(),
+            raw.permissions.take(),
+            file_catalogue,
+        )?
     };
-    let upstream = upstream(ctx, up)?;
-    let default_credential = match &raw.credential {
-        Some(c) => Some(credential(ctx, "credential", c)?),
-        None => None,
-    };
-
-    // The catalogue: inline [permissions] and the file may both contribute, never the same name.
-    let mut catalogue = Vec::new();
-    let mut names: Vec<Arc<str>> = Vec::new();
-    let inline = raw
-        .permissions
-        .map(|p| (ctx.path.to_owned(), ctx.text.to_owned(), p));
-    let permissions_path = file_catalogue.as_ref().map(|(p, _, _)| p.clone());
-    for (file, text, perms) in inline.into_iter().chain(file_catalogue) {
-        for (name, routes) in perms {
-            let key = format!("permissions.{name}");
-            if names.iter().any(|n| **n == *name) {
-                return Err(error_in(
-                    &file,
-                    &text,
-                    &key,
-                    Some(routes.span()),
-                    "permission defined twice (inline and in permissions_file)",
-                ));
-            }
-            if routes.get_ref().is_empty() {
-                return Err(error_in(
-                    &file,
-                    &text,
-                    &key,
-                    Some(routes.span()),
-                    "a permission needs at least one route",
-                ));
-            }
-            let permission: Arc<str> = name.as_str().into();
-            for route in routes.into_inner() {
-                let pattern = Pattern::parse(route.get_ref()).map_err(|e| {
-                    error_in(
-                        &file,
-                        &text,
-                        &key,
-                        Some(route.span()),
-                        format!("route `{}`: {e}", route.get_ref()),
-                    )
-                })?;
-                catalogue.push(RouteSpec {
-                    permission: permission.clone(),
-                    text: route.get_ref().as_str().into(),
-                    pattern,
-                });
-            }
-            names.push(permission);
-        }
+    let super::apis::Drafted { apis, names, keys } = drafted;
+    let names: Vec<(Arc<str>, Vec<Arc<str>>)> =
+        apis.iter().map(|a| a.name.clone()).zip(names).collect();
+    // Each API's own key is a slot named after the API (`default` in the single shape).
+    let mut credentials: Vec<NamedCredential> = Vec::new();
+    let mut api_keys: Vec<Option<usize>> = Vec::with_capacity(apis.len());
+    for (i, (api, key)) in apis.iter().zip(&keys).enumerate() {
+        api_keys.push(key.as_ref().map(|k| {
+            credentials.push(NamedCredential {
+                name: api.name.clone(),
+                api: i,
+                config: k.clone(),
+            });
+            credentials.len() - 1
+        }));
     }
-
-    let mut credentials: Vec<NamedCredential> = default_credential
-        .iter()
-        .map(|c| NamedCredential {
-            name: "default".into(),
-            config: c.clone(),
-        })
-        .collect();
     let gateway = !raw.caller.is_empty();
     let (service, principals) = match (raw.service, gateway) {
         (Some(svc), true) => {
@@ -194,20 +158,33 @@ pub(crate) fn validate(
             if name.is_empty() {
                 return ctx.err("service.name", Some(svc.name.span()), "must not be empty");
             }
-            let allow = super::gateway::grants(ctx, "service.allow", &svc.allow, &names)?;
-            if default_credential.is_none() {
-                return ctx.err(
-                    "credential",
-                    None,
-                    "missing table [credential] with `file` or `env`",
-                );
+            let (allow, grants) =
+                super::gateway::grants(ctx, "service.allow", &svc.allow, &names, named_apis)?;
+            for (api, _) in &grants {
+                if api_keys.get(*api).copied().flatten().is_none() {
+                    let missing = if named_apis {
+                        format!("api.{} has no `credential`", names[*api].0)
+                    } else {
+                        "missing table [credential] with `file` or `env`".to_owned()
+                    };
+                    return ctx.err(
+                        if named_apis {
+                            "service.allow"
+                        } else {
+                            "credential"
+                        },
+                        None,
+                        missing,
+                    );
+                }
             }
             let mode = mode(ctx, svc.mode.as_ref())?;
             let principal = Principal {
                 name: name.into(),
                 identity: Identity::Local,
                 allow,
-                credential: 0,
+                grants,
+                credentials: api_keys.clone(),
                 rate: None,
                 max_concurrent: None,
             };
@@ -227,8 +204,12 @@ pub(crate) fn validate(
             let principals = super::gateway::callers(
                 ctx,
                 raw.caller,
-                &names,
-                default_credential.as_ref(),
+                &super::gateway::ApiKeys {
+                    names: &names,
+                    keys: &keys,
+                    slots: &api_keys,
+                    named: named_apis,
+                },
                 &mut credentials,
                 client_ca,
             )?;
@@ -340,16 +321,15 @@ pub(crate) fn validate(
     }
     Ok(Config {
         path: ctx.path.to_owned(),
-        permissions_path,
         digest: [0; 32],
         listener,
         admin,
-        upstream,
+        apis,
+        named_apis,
         credentials,
         service,
         principals,
         gateway,
-        catalogue,
         runtime,
         reload,
         limits,

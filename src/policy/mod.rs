@@ -6,6 +6,7 @@
 //! prints is what `run` does. Grants are resolved when the policy is compiled: a lookup is a
 //! trie walk plus one boolean.
 
+pub mod apis;
 pub mod canon;
 pub mod lint;
 pub mod route;
@@ -121,31 +122,40 @@ impl Policy {
         self.routes.get(usize::try_from(id).ok()?)
     }
 
-    /// The full decision for one request, exactly as the proxy makes it.
+    /// The full decision for one request on a single-API table (tests, benches).
     pub fn evaluate<'p, 'u>(&'p self, method: &Method, uri: &'u Uri) -> Verdict<'p, 'u> {
-        // CONNECT would open a tunnel and TRACE would echo headers back: never proxied.
-        if method == Method::CONNECT || method == Method::TRACE {
-            return Verdict::MethodNotAllowed;
+        match screen(method, uri) {
+            Ok(path) => self.check(method, path),
+            Err(v) => v,
         }
-        // Only origin-form: an absolute-form target would let the caller pick a host.
-        if uri.scheme().is_some() || uri.authority().is_some() {
-            return Verdict::Rejected(PathError::NotOriginForm);
-        }
-        let path = match canon::canonicalize(uri.path()) {
-            Ok(p) => p,
-            Err(e) => return Verdict::Rejected(e),
-        };
-        if let Some(q) = uri.query() {
-            if let Err(e) = canon::check_query(q) {
-                return Verdict::Rejected(e);
-            }
-        }
+    }
+
+    /// Route lookup and grant check on a canonical path (after [`screen`] and routing).
+    pub fn check<'p, 'u>(&'p self, method: &Method, path: Cow<'u, str>) -> Verdict<'p, 'u> {
         match self.lookup(method, &path) {
             Some(route) if route.granted => Verdict::Allow { route, path },
             Some(route) => Verdict::PermissionDenied { route, path },
             None => Verdict::NoRoute { path },
         }
     }
+}
+
+/// Method screen, request-target form and path canonicalisation: the canonical path, or the
+/// refusal. Runs before any API is chosen.
+pub fn screen<'u>(method: &Method, uri: &'u Uri) -> Result<Cow<'u, str>, Verdict<'static, 'u>> {
+    // CONNECT would open a tunnel and TRACE would echo headers back: never proxied.
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(Verdict::MethodNotAllowed);
+    }
+    // Only origin-form: an absolute-form target would let the caller pick a host.
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(Verdict::Rejected(PathError::NotOriginForm));
+    }
+    let path = canon::canonicalize(uri.path()).map_err(Verdict::Rejected)?;
+    if let Some(q) = uri.query() {
+        canon::check_query(q).map_err(Verdict::Rejected)?;
+    }
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod body;
 mod error;
+mod links;
 mod request_id;
 
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use crate::caller::{self, Peer};
 use crate::config::Mode;
 use crate::inject;
 use crate::limit::Limited;
+use crate::policy::apis::decide;
 use crate::policy::{Route, Verdict};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry;
@@ -36,6 +38,8 @@ pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
 struct Outcome<'s> {
     /// The identified principal (index into `config.principals`).
     principal: Option<usize>,
+    /// The API the path was routed to.
+    api: Option<usize>,
     route: Option<&'s Route>,
     /// Report mode forwarded a request that enforcement would deny.
     would_deny: bool,
@@ -43,10 +47,12 @@ struct Outcome<'s> {
     upstream_status: Option<StatusCode>,
 }
 
-/// Serves one request. Never fails: errors become JSON responses.
+/// Serves one request. Never fails: errors become JSON responses. `only`: the request came
+/// in on that API's own listener and may reach that API only.
 pub async fn handle(
     shared: Arc<Shared>,
     peer: Peer,
+    only: Option<Arc<str>>,
     req: Request<crate::serve::RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -56,6 +62,7 @@ pub async fn handle(
     let method = req.method().clone();
     let mut outcome = Outcome {
         principal: None,
+        api: None,
         route: None,
         would_deny: false,
         path: None,
@@ -68,7 +75,8 @@ pub async fn handle(
             outcome.principal = Some(i);
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
                 Some(guard) => {
-                    forward(start, &snap, i, req, &request_id, guard, &mut outcome).await
+                    let only = only.as_deref();
+                    forward(start, &snap, i, only, req, &request_id, guard, &mut outcome).await
                 }
                 None => Err(ProxyError::Overloaded),
             }
@@ -96,10 +104,12 @@ pub async fn handle(
     Ok(resp)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward<'s>(
     started: Instant,
     snap: &'s Snapshot,
     principal: usize,
+    only: Option<&str>,
     req: Request<crate::serve::RequestBody>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
@@ -114,7 +124,24 @@ async fn forward<'s>(
         .get(principal)
         .ok_or(ProxyError::CallerUnauthenticated("no_caller_identity"))?;
     inject::check_host(parts.version, &parts.headers).map_err(ProxyError::InvalidRequest)?;
-    let verdict = state.policy.evaluate(&parts.method, &parts.uri);
+    // A request on an API's own listener may reach that API only (its prefix still applies).
+    let only = match only {
+        None => None,
+        Some(name) => {
+            let i = snap.config.apis.iter().position(|a| &*a.name == name);
+            let i = i.ok_or(ProxyError::RouteNotAllowed)?;
+            Some((i, snap.config.apis.get(i).and_then(|a| a.prefix.as_deref())))
+        }
+    };
+    let decision = decide(
+        &snap.router,
+        &state.policies,
+        only,
+        &parts.method,
+        &parts.uri,
+    );
+    out.api = decision.api;
+    let verdict = decision.verdict;
     let route = match &verdict {
         Verdict::Allow { route, .. } | Verdict::PermissionDenied { route, .. } => Some(*route),
         _ => None,
@@ -127,7 +154,7 @@ async fn forward<'s>(
         (
             Some(ProxyError::PermissionDenied(_) | ProxyError::RouteNotAllowed),
             Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path },
-        ) if snap.config.service.mode == Mode::Report => {
+        ) if snap.config.service.mode == Mode::Report && decision.api.is_some() => {
             out.would_deny = true;
             path
         }
@@ -140,9 +167,16 @@ async fn forward<'s>(
         }
     };
     inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
-    // Fail closed: no key, nothing sent.
+    let api = decision.api.ok_or(ProxyError::RouteNotAllowed)?;
+    let upstream = &snap
+        .apis
+        .get(api)
+        .ok_or(ProxyError::RouteNotAllowed)?
+        .upstream;
+    // Fail closed: no key, nothing sent. The key is this API's, for this principal: it
+    // only ever goes to this API's origin (the upstream client adds that origin).
     let credential = snap
-        .credential_for(principal)
+        .credential_for(principal, api)
         .ok_or(ProxyError::CredentialUnavailable)?;
     // The caller's own limits count forwarded requests only (they guard the upstream quota).
     let caller_guard = state.limiter.admit().map_err(|l| match l {
@@ -163,7 +197,7 @@ async fn forward<'s>(
     // Forward exactly the canonical path that was matched, plus the raw query. Reuse the
     // inbound bytes when they already are canonical (no copy).
     let pq = match (&path, parts.uri.path_and_query()) {
-        (std::borrow::Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        (std::borrow::Cow::Borrowed(_), Some(pq)) if decision.whole_path => pq.clone(),
         _ => {
             let joined = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -176,6 +210,8 @@ async fn forward<'s>(
     out.path = Some(pq.clone());
     // Origin-form: the upstream client adds the configured origin (never the inbound Host).
     parts.uri = Uri::from(pq);
+    // The address the client used, for rewriting link headers (never used to route).
+    let host = parts.headers.get(http::header::HOST).cloned();
     // 4: strip, then inject exactly one credential header.
     inject::apply(&mut parts.headers, credential);
     parts.headers.insert("x-request-id", request_id.clone());
@@ -195,8 +231,7 @@ async fn forward<'s>(
         };
         (Either::Left(body), Some(fault))
     };
-    let sent = snap
-        .upstream
+    let sent = upstream
         .send(Request::from_parts(parts, body), started)
         .await;
     let mut resp = match sent {
@@ -215,11 +250,57 @@ async fn forward<'s>(
         return Err(ProxyError::UpstreamUpgrade);
     }
     if resp.status() == StatusCode::UNAUTHORIZED {
-        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "fingerprint" => credential.fingerprint().to_owned()).increment(1);
+        let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
+        let slot = snap
+            .config
+            .principals
+            .get(principal)
+            .and_then(|p| p.credentials.get(api).copied().flatten());
+        let named = slot
+            .and_then(|s| snap.config.credentials.get(s))
+            .map_or("none", |c| &*c.name);
+        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "fingerprint" => credential.fingerprint().to_owned()).increment(1);
     }
     inject::strip_response(resp.headers_mut());
+    let h = resp.headers();
+    if h.contains_key(http::header::LOCATION)
+        || h.contains_key(http::header::CONTENT_LOCATION)
+        || h.contains_key(http::header::LINK)
+    {
+        rewrite_links(snap, api, only.is_some(), host.as_ref(), resp.headers_mut());
+    }
     let idle = limits.body_idle_timeout;
     Ok(resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard))))
+}
+
+/// Rebases link headers on API `api`'s origin onto the local address the client used.
+fn rewrite_links(
+    snap: &Snapshot,
+    api: usize,
+    own_listener: bool,
+    host: Option<&HeaderValue>,
+    headers: &mut http::HeaderMap,
+) {
+    let Some(cfg) = snap.config.apis.get(api) else {
+        return;
+    };
+    let origin = format!("{}://{}", cfg.upstream.scheme, cfg.upstream.authority);
+    let scheme = if !own_listener && snap.config.listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let fallback = cfg
+        .listen
+        .filter(|_| own_listener)
+        .unwrap_or(snap.config.listener.address)
+        .to_string();
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or(&fallback);
+    let prefix = match cfg.prefix.as_deref() {
+        Some("/") | None => "",
+        Some(p) => p,
+    };
+    links::rewrite(headers, &origin, &format!("{scheme}://{host}{prefix}"));
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -241,13 +322,18 @@ fn record(
         .unwrap_or(3);
     match out.principal.and_then(|i| snap.principals.get(i)) {
         Some(state) => {
-            let index = out
-                .route
-                .map_or(state.counters.len().saturating_sub(1), |r| {
-                    r.permission_index
-                });
-            if let Some(counters) = state.counters.get(index) {
-                counters.increment(d, status);
+            // Per API (the last table: under no API), then per permission (the last: none).
+            let table = out
+                .api
+                .and_then(|a| state.counters.get(a))
+                .or_else(|| state.counters.last());
+            if let Some(table) = table {
+                let index = out
+                    .route
+                    .map_or(table.len().saturating_sub(1), |r| r.permission_index);
+                if let Some(counters) = table.get(index) {
+                    counters.increment(d, status);
+                }
             }
         }
         None => snap.unidentified.increment(d, status),
@@ -257,7 +343,11 @@ fn record(
     if let Some(e) = error {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
         if let ProxyError::Upstream(kind) = e {
-            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str())
+            let api = out
+                .api
+                .and_then(|a| snap.config.apis.get(a))
+                .map_or("none", |a| &*a.name);
+            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "api" => api.to_owned(), "kind" => kind.as_str())
                 .increment(1);
         }
     }
@@ -266,6 +356,7 @@ fn record(
         request_id = request_id.to_str().unwrap_or_default(),
         service = &*snap.config.service.name,
         caller = principal.map(|p| &*p.name),
+        api = out.api.and_then(|a| snap.config.apis.get(a)).map(|a| &*a.name),
         method = method.as_str(),
         path = out.path.as_ref().map(PathAndQuery::path),
         permission = out.route.map(|r| &*r.permission),
@@ -275,13 +366,13 @@ fn record(
         upstream_status = out.upstream_status.map(|s| s.as_u16()),
         error = error.map(ProxyError::code),
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        fingerprint = out.principal.and_then(|i| snap.credential_for(i)).map(|c| c.fingerprint()),
+        fingerprint = out.principal.zip(out.api).and_then(|(i, a)| snap.credential_for(i, a)).map(|c| c.fingerprint()),
     );
 }
 
 #[cfg(test)]
 mod tests {
-    fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

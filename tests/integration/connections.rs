@@ -186,7 +186,7 @@ async fn malformed_chunked_body_is_a_client_error() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     let m = String::from_utf8_lossy(&get(run.admin, "/metrics").await.body).into_owned();
     for series in [
-        "sidekey_upstream_errors_total{kind=\"protocol\"} 0",
+        "sidekey_upstream_errors_total{api=\"default\",kind=\"protocol\"} 0",
         "sidekey_errors_total{code=\"invalid_request\"} 2",
         "sidekey_errors_total{code=\"upstream_unavailable\"} 0",
     ] {
@@ -272,10 +272,12 @@ async fn counters_exist_at_zero_before_the_first_event() {
     let fp = sidekey::secret::fingerprint(KEY.as_bytes());
     let m = scrape().await;
     for series in [
-        format!("sidekey_upstream_unauthorized_total{{fingerprint=\"{fp}\"}} 0"),
+        format!(
+            "sidekey_upstream_unauthorized_total{{api=\"default\",credential=\"default\",fingerprint=\"{fp}\"}} 0"
+        ),
         "sidekey_errors_total{code=\"credential_unavailable\"} 0".into(),
         "sidekey_errors_total{code=\"tls_handshake\"} 0".into(),
-        "sidekey_upstream_errors_total{kind=\"connect\"} 0".into(),
+        "sidekey_upstream_errors_total{api=\"default\",kind=\"connect\"} 0".into(),
         "sidekey_config_reloads_total{result=\"invalid\"} 0".into(),
         "sidekey_credential_reloads_total{credential=\"default\",result=\"error\"} 0".into(),
     ] {
@@ -284,7 +286,9 @@ async fn counters_exist_at_zero_before_the_first_event() {
     // A rotated key's series exists before its first 401.
     std::fs::write(&key, "sk_rotated_key_0002").unwrap();
     let new = sidekey::secret::fingerprint(b"sk_rotated_key_0002");
-    let want = format!("sidekey_upstream_unauthorized_total{{fingerprint=\"{new}\"}} 0");
+    let want = format!(
+        "sidekey_upstream_unauthorized_total{{api=\"default\",credential=\"default\",fingerprint=\"{new}\"}} 0"
+    );
     assert!(
         eventually(Duration::from_secs(10), || {
             let want = want.clone();

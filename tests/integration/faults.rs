@@ -36,7 +36,7 @@ async fn upstream_down_is_502() {
     assert!(
         metrics(&p)
             .await
-            .contains(r#"sidekey_upstream_errors_total{kind="connect"}"#)
+            .contains(r#"sidekey_upstream_errors_total{api="default",kind="connect"}"#)
     );
     p.stop().await;
 }
@@ -117,7 +117,7 @@ async fn upstream_with_certificate_from_another_ca_gets_nothing() {
     assert!(
         metrics(&p)
             .await
-            .contains(r#"sidekey_upstream_errors_total{kind="tls"}"#)
+            .contains(r#"sidekey_upstream_errors_total{api="default",kind="tls"}"#)
     );
     p.stop().await;
 }
@@ -162,7 +162,7 @@ async fn upstream_401_is_counted_by_fingerprint() {
     let fp = sidekey::secret::fingerprint(key.as_bytes());
     assert!(
         m.contains(&format!(
-            "sidekey_upstream_unauthorized_total{{fingerprint=\"{fp}\"}}"
+            "sidekey_upstream_unauthorized_total{{api=\"default\",credential=\"default\",fingerprint=\"{fp}\"}}"
         )),
         "{m}"
     );

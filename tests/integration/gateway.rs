@@ -266,7 +266,7 @@ async fn mtls_caller_is_held_to_its_grants_and_sends_its_own_key() {
     assert_eq!(up.mock.requests().len(), 1);
     let m = metrics(&p).await;
     assert!(
-        m.contains(r#"sidekey_requests_total{caller="billing-dashboard",permission="sandbox_sessions:read",decision="deny",status="403"} 1"#),
+        m.contains(r#"sidekey_requests_total{caller="billing-dashboard",api="default",permission="sandbox_sessions:read",decision="deny",status="403"} 1"#),
         "{m}"
     );
     p.stop().await;
@@ -671,7 +671,7 @@ async fn caller_keys_rotate_and_credential_lists_every_key() {
     let m = metrics(&p).await;
     assert!(
         m.contains(&format!(
-            "sidekey_credential_info{{credential=\"ci-e2e\",fingerprint=\"{}\"}} 1",
+            "sidekey_credential_info{{api=\"default\",credential=\"ci-e2e\",fingerprint=\"{}\"}} 1",
             fp(next)
         )),
         "{m}"

@@ -7,6 +7,7 @@
 mod support;
 
 mod adversarial;
+mod apis;
 mod cli;
 mod confidentiality;
 mod connections;

@@ -227,7 +227,7 @@ async fn admin_endpoints_report_state_without_the_key() {
     assert!(cred["last_error"].is_null());
     let m = metrics(&p).await;
     assert!(m.contains(&format!(
-        "sidekey_credential_info{{credential=\"default\",fingerprint=\"{}\"}} 1",
+        "sidekey_credential_info{{api=\"default\",credential=\"default\",fingerprint=\"{}\"}} 1",
         sidekey::secret::fingerprint(KEY.as_bytes())
     )));
     assert!(m.contains("sidekey_requests_total{"), "{m}");

@@ -119,6 +119,8 @@ pub struct TestProxy {
     pub dir: TempDir,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// APIs with their own listener: name -> bound address.
+    pub apis: Vec<(String, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -138,8 +140,13 @@ impl TestProxy {
     pub async fn start_in(dir: TempDir, config: &str) -> Self {
         let path = dir.write("sidekey.toml", config);
         let config = Config::load(&path).unwrap();
+        let api_names: Vec<String> = config.apis.iter().map(|a| a.name.to_string()).collect();
         let app = App::bind(config).await.unwrap();
         let (addr, admin) = (app.proxy_addr(), app.admin_addr());
+        let apis = api_names
+            .into_iter()
+            .filter_map(|n| Some((app.api_addr(&n)?, n)).map(|(a, n)| (n, a)))
+            .collect();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
@@ -148,6 +155,7 @@ impl TestProxy {
             dir,
             addr,
             admin,
+            apis,
             stop: Some(tx),
             task: Some(task),
         }
