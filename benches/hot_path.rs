@@ -64,6 +64,31 @@ fn bench_decide(c: &mut Criterion) {
     g.finish();
 }
 
+/// Several APIs: route by prefix, then match the rest (5 APIs x 200 routes).
+fn bench_decide_apis(c: &mut Criterion) {
+    use sidekey::policy::apis::{Router, decide};
+    let prefixes = ["/", "/openai", "/anthropic", "/github", "/stripe/v1"];
+    let router = Router::new(prefixes.iter().map(|p| Some(*p)));
+    let policies: Vec<std::sync::Arc<Policy>> = (0..prefixes.len())
+        .map(|_| std::sync::Arc::new(catalogue(200)))
+        .collect();
+    let mut g = c.benchmark_group("decide_apis");
+    for (name, target) in [
+        ("5x200_root_hit", "/v1/res198/abc/items/x/y"),
+        ("5x200_prefixed_hit", "/github/v1/res198/abc/items/x/y"),
+        ("5x200_miss", "/nowhere/v1/x"),
+    ] {
+        let uri: Uri = target.parse().expect("uri");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let d = decide(&router, &policies, None, &Method::GET, black_box(&uri));
+                black_box(d.verdict.is_allowed())
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_inject(c: &mut Criterion) {
     let credential = Credential::new(
         http::header::AUTHORIZATION,
@@ -105,6 +130,7 @@ criterion_group!(
     benches,
     bench_canonicalize,
     bench_decide,
+    bench_decide_apis,
     bench_inject,
     bench_snapshot
 );

@@ -128,7 +128,11 @@ impl App {
         let mut apis = Vec::new();
         for api in &config.apis {
             if let Some(addr) = api.listen {
-                apis.push((api.name.clone(), bind("api listener", addr).await?));
+                let listener = bind("api listener", addr).await?;
+                if let Ok(bound) = listener.local_addr() {
+                    tracing::info!(api = &*api.name, listener = %bound, "api listener bound");
+                }
+                apis.push((api.name.clone(), listener));
             }
         }
         Ok(Self {

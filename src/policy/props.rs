@@ -31,6 +31,10 @@ fn piece() -> impl Strategy<Value = String> {
         Just("é".to_owned()),
         Just("v1".to_owned()),
         Just("sandboxes".to_owned()),
+        Just("openai".to_owned()),
+        Just("/openai".to_owned()),
+        Just("/openai/".to_owned()),
+        Just("%6Fpenai".to_owned()),
         "[a-zA-Z0-9_~-]{1,6}",
         "[\\x00-\\x7f]{1,3}",
         any::<char>().prop_map(String::from),
@@ -95,6 +99,39 @@ proptest! {
                 }
                 Verdict::PermissionDenied { route, .. } => prop_assert!(!route.granted),
                 Verdict::NoRoute { .. } | Verdict::MethodNotAllowed | Verdict::Rejected(_) => {}
+            }
+        }
+    }
+
+    /// Key isolation at the routing step: a request reaches API X only when its canonical
+    /// path lies under X's prefix, segment-wise, and what is matched (and forwarded) is that
+    /// path with the prefix removed.
+    #[test]
+    fn routing_stays_under_the_chosen_prefix(path in target()) {
+        let prefixes = [Some("/"), Some("/openai"), Some("/openai/v2"), None];
+        let router = apis::Router::new(prefixes);
+        let everything = || Arc::new(super::tests::policy(&[("all", "* /{*rest}"), ("root", "* /")], &["all", "root"]));
+        let policies = [everything(), everything(), everything(), everything()];
+        if let Ok(uri) = path.parse::<http::Uri>() {
+            let d = apis::decide(&router, &policies, None, &http::Method::GET, &uri);
+            let Ok(canonical) = canonicalize(uri.path()) else {
+                prop_assert!(d.api.is_none());
+                return Ok(());
+            };
+            prop_assert_ne!(d.api, Some(3), "an API without a prefix is reached only on its listener");
+            if let (Some(api), Verdict::Allow { path: forwarded, .. }) = (d.api, &d.verdict) {
+                let prefix = prefixes[api].unwrap();
+                let under = |p: &str| p == "/" || canonical == p || canonical.starts_with(&format!("{p}/"));
+                prop_assert!(under(prefix), "{} routed to {}", canonical, prefix);
+                // The longest prefix wins.
+                for p in prefixes.iter().flatten() {
+                    if under(p) {
+                        prop_assert!(p.len() <= prefix.len(), "{} under {} but routed to {}", canonical, p, prefix);
+                    }
+                }
+                let rest = if prefix == "/" { &canonical[..] } else { &canonical[prefix.len()..] };
+                let rest = if rest.is_empty() { "/" } else { rest };
+                prop_assert_eq!(&**forwarded, rest);
             }
         }
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Real-client suite: official SDKs through one sidekey, against TLS mocks on loopback.
+# Idempotent: makes (or reuses) a virtualenv under target/, installs the pinned clients from
+# tests/clients/requirements.txt, builds sidekey if needed, runs every test_*.py here.
+#   tests/clients/run.sh                 # what .ci/run does
+#   SIDEKEY_BIN=target/release/sidekey tests/clients/run.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+venv="$root/target/clients-venv"
+req="$root/tests/clients/requirements.txt"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+# Reinstall only when the pins change.
+stamp="$venv/.requirements"
+if ! cmp -s "$req" "$stamp"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+bin="${SIDEKEY_BIN:-$root/target/debug/sidekey}"
+if [ -z "${SIDEKEY_BIN:-}" ]; then
+  cargo build --locked --quiet --manifest-path "$root/Cargo.toml" --bin sidekey
+fi
+status=0
+for t in "$root"/tests/clients/test_*.py; do
+  echo "== $(basename "$t")"
+  "$venv/bin/python" "$t" "$bin" || status=1
+done
+exit $status
