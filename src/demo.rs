@@ -1,6 +1,8 @@
-//! `sidekey demo`: the whole job on loopback with nothing to set up. A mock Banata API over
-//! HTTPS (CA minted now), a key file in a fresh temp directory, and sidekey in front with a
-//! sample policy, plus copy-paste `curl` lines. Runs until the shutdown future resolves.
+//! `sidekey demo`: the whole job on loopback with nothing to set up. Two mock APIs over
+//! HTTPS (CA minted now): Banata at `/` (key in `Authorization: Bearer`) and an LLM-style API
+//! at `/llm` (key in `x-api-key`), a key file each in a fresh temp directory, and sidekey in
+//! front with a sample policy, plus copy-paste `curl` lines. Runs until the shutdown future
+//! resolves.
 
 use std::future::Future;
 use std::io::Write;
@@ -44,13 +46,15 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
 /// Writes the demo's files into `dir` and returns the config path.
 pub fn write_files(
     dir: &Path,
-    upstream_url: &str,
+    upstreams: (&str, &str),
     ca_pem: &str,
-    key: &str,
+    keys: (&str, &str),
 ) -> Result<PathBuf, DemoError> {
+    let (upstream_url, llm_url) = upstreams;
     std::fs::create_dir_all(dir).map_err(setup)?;
     write(&dir.join("ca.pem"), ca_pem)?;
-    write(&dir.join("api-key"), key)?;
+    write(&dir.join("api-key"), keys.0)?;
+    write(&dir.join("llm-api-key"), keys.1)?;
     write(&dir.join("banata-permissions.toml"), BANATA_CATALOGUE)?;
     let config = format!(
         r#"# Written by `sidekey demo`.
@@ -60,17 +64,25 @@ address = "{listen}"
 [admin]
 address = "{admin}"
 
-[upstream]
+[api.banata]
 url = "{upstream_url}"
 ca_file = "ca.pem"
+path_prefix = "/"
+permissions_file = "banata-permissions.toml"
+credential = {{ file = "api-key" }}
 
-[credential]
-file = "api-key"
+[api.llm]
+url = "{llm_url}"
+ca_file = "ca.pem"
+path_prefix = "/llm"
+credential = {{ file = "llm-api-key", header = "x-api-key", prefix = "" }}
+[api.llm.permissions]
+"messages" = ["POST /v1/messages"]
+"models:read" = ["GET /v1/models"]
 
 [service]
 name = "demo-app"
-allow = ["sandbox_sessions:create", "sandbox_sessions:read"]
-permissions_file = "banata-permissions.toml"
+allow = ["banata/sandbox_sessions:create", "banata/sandbox_sessions:read", "llm/messages"]
 "#,
         listen = pick(8080),
         admin = pick(9901),
@@ -90,6 +102,10 @@ pub async fn run(
         .await
         .map_err(setup)?
         .without_recording();
+    let llm = MockUpstream::start_llm(&ca)
+        .await
+        .map_err(setup)?
+        .without_recording();
     let dir = std::env::temp_dir().join(format!("sidekey-demo-{}", std::process::id()));
     let key = format!(
         "sk_demo_{:x}",
@@ -97,7 +113,13 @@ pub async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    let config_path = write_files(&dir, &mock.url(), mock.ca_pem(), &key)?;
+    let llm_key = format!("{key}_llm");
+    let config_path = write_files(
+        &dir,
+        (&mock.url(), &llm.url()),
+        mock.ca_pem(),
+        (&key, &llm_key),
+    )?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let app = App::bind(config).await?;
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());
@@ -106,8 +128,9 @@ pub async fn run(
         out,
         r#"
 sidekey demo
-  mock Banata API   {upstream} (HTTPS, CA minted just now)
-  sidekey proxy     http://{proxy}   service "demo-app": sandbox_sessions:create, sandbox_sessions:read
+  mock Banata API   {upstream} (HTTPS, CA minted just now; key in Authorization: Bearer)
+  mock LLM API      {llm_url} (HTTPS; key in x-api-key)
+  sidekey proxy     http://{proxy}   service "demo-app": banata/sandbox_sessions:create, banata/sandbox_sessions:read, llm/messages
   admin             http://{admin}   /healthz /readyz /metrics /credential
   files             {dir}
 
@@ -122,6 +145,12 @@ Try it (copy-paste into another terminal):
   # denied: sandbox_sessions:delete is not granted -> 403 permission_denied, nothing sent upstream
   curl -s -X DELETE http://{proxy}/v1/sandboxes/sb_123
 
+  # the second API, under /llm: its own key, in its own header (x-api-key), to its own origin
+  curl -s -X POST -H 'x-api-key: not-the-key' http://{proxy}/llm/v1/messages
+
+  # denied: llm/models:read is not granted -> 403 permission_denied
+  curl -s http://{proxy}/llm/v1/models
+
   # rejected: an encoded slash is ambiguous -> 400 invalid_request
   curl -s --path-as-is 'http://{proxy}/v1/sandboxes/sb_1%2F..%2Fadmin'
 
@@ -133,12 +162,14 @@ Try it (copy-paste into another terminal):
 Ctrl-C stops the demo.
 "#,
         upstream = mock.url(),
+        llm_url = llm.url(),
         dir = dir.display(),
         key_file = key_file.display(),
     );
     let _ = out.flush();
     app.run(shutdown).await;
     drop(mock);
+    drop(llm);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -129,6 +129,12 @@ impl MockUpstream {
         Self::start(ca, Arc::new(|req| Box::pin(banata(req)))).await
     }
 
+    /// A mock LLM-style API that takes its key in `x-api-key` (as Anthropic's does) and
+    /// answers with the key's fingerprint.
+    pub async fn start_llm(ca: &Ca) -> std::io::Result<Self> {
+        Self::start(ca, Arc::new(|req| Box::pin(llm(req)))).await
+    }
+
     /// Stops recording requests (and drops what was recorded).
     pub fn without_recording(self) -> Self {
         self.recording.store(false, Ordering::Relaxed);
@@ -193,6 +199,30 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<MockBody>
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+async fn llm(req: Request<Incoming>) -> Response<MockBody> {
+    let key = req
+        .headers()
+        .get("x-api-key")
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::secret::fingerprint(v.as_bytes()));
+    match key {
+        None => json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": {"type": "authentication_error", "message": "missing x-api-key"}}),
+        ),
+        Some(fingerprint) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "mock": "llm",
+                "method": req.method().as_str(),
+                "path": req.uri().path(),
+                "key_fingerprint": fingerprint,
+                "content": [{"type": "text", "text": "hello from the mock LLM"}],
+            }),
+        ),
+    }
 }
 
 async fn banata(req: Request<Incoming>) -> Response<MockBody> {

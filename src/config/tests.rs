@@ -162,3 +162,66 @@ fn limits_and_sizes() {
     let e = load_err(&format!("{MINIMAL}\n[limits]\nmax_in_flight = 0\n"));
     assert_eq!(e.key, "limits.max_in_flight");
 }
+
+const TWO_APIS: &str = r#"
+[listener.tls]
+cert_file = "c.pem"
+key_file = "k.pem"
+
+[api.banata]
+url = "https://api.boxes.banata.dev"
+path_prefix = "/"
+credential = { file = "banata-key" }
+[api.banata.permissions]
+"read" = ["GET /v1/sandboxes"]
+
+[api.openai]
+url = "https://api.openai.com"
+path_prefix = "/openai"
+[api.openai.permissions]
+"models:read" = ["GET /v1/models"]
+
+[[caller]]
+name = "ci"
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+allow = ["banata/read", "openai/models:read"]
+credentials = { openai = { file = "ci-openai-key", header = "x-openai-key" } }
+"#;
+
+#[test]
+fn gateway_callers_bring_keys_per_api() {
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", TWO_APIS)).unwrap();
+    assert!(c.named_apis);
+    let names: Vec<&str> = c.apis.iter().map(|a| &*a.name).collect();
+    assert_eq!(names, ["banata", "openai"]);
+    let ci = &c.principals[0];
+    assert_eq!(ci.grants.len(), 2);
+    // banata: the API's own key; openai: the caller's own, named caller/api.
+    let slots: Vec<&str> = ci
+        .credentials
+        .iter()
+        .map(|s| s.map_or("none", |s| &*c.credentials[s].name))
+        .collect();
+    assert_eq!(slots, ["banata", "ci/openai"]);
+    let own = &c.credentials[ci.credentials[1].unwrap()];
+    assert_eq!(own.api, 1);
+    assert_eq!(own.config.header.as_str(), "x-openai-key");
+    assert_eq!(own.config.prefix, "Bearer ");
+    // A granted API with no key for the caller is refused, naming the API.
+    let text = TWO_APIS.replace(
+        "credentials = { openai = { file = \"ci-openai-key\", header = \"x-openai-key\" } }",
+        "",
+    );
+    let e = Config::load(&write(&d, "s2.toml", &text)).unwrap_err();
+    assert!(
+        e.message.contains("no key for this caller on api.openai"),
+        "{e}"
+    );
+    // The single-API `credential` is refused with named APIs.
+    let text = TWO_APIS
+        .replace("credentials = { openai = ", "credential = ")
+        .replace(" } }\n", " }\n");
+    let e = Config::load(&write(&d, "s3.toml", &text)).unwrap_err();
+    assert!(e.message.contains("per API"), "{e}");
+}

@@ -159,3 +159,67 @@ fn init_writes_a_config_that_checks_and_never_overwrites() {
     ]);
     assert_eq!(code, 64);
 }
+
+/// `sidekey demo` (the quick start's first command): two mock APIs with different key
+/// headers behind one sidekey, each answering with the fingerprint of the key it received.
+#[tokio::test]
+async fn demo_serves_two_apis_with_their_own_keys() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .arg("demo")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.trim().strip_prefix("sidekey proxy") {
+                let addr = url.trim().trim_start_matches("http://");
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let banata = request(addr, "POST", "/v1/sandboxes", &[]).await;
+    assert_eq!(
+        banata.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&banata.body)
+    );
+    let llm = request(
+        addr,
+        "POST",
+        "/llm/v1/messages",
+        &[("x-api-key", "not-the-key")],
+    )
+    .await;
+    assert_eq!(llm.status, 200, "{}", String::from_utf8_lossy(&llm.body));
+    assert_eq!(llm.json()["mock"], "llm");
+    let (a, b) = (
+        banata.json()["key_fingerprint"].clone(),
+        llm.json()["key_fingerprint"].clone(),
+    );
+    assert!(a.is_string() && b.is_string() && a != b, "{a} {b}");
+    assert_ne!(b, sidekey::secret::fingerprint(b"not-the-key"));
+    assert_eq!(
+        request(addr, "GET", "/llm/v1/models", &[]).await.code(),
+        "permission_denied"
+    );
+    // SIGTERM: the demo removes its temp directory on the way out.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
