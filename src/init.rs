@@ -1,10 +1,19 @@
 //! `sidekey init`: a ready config for a developer machine in one command, with the bundled
-//! Banata catalogue beside it. Refuses to overwrite an existing config.
+//! Banata catalogue beside it. `--api openai=https://api.openai.com` adds more APIs (named-API
+//! shape, each under `/NAME` with its own key file and shipped catalogue). Refuses to
+//! overwrite an existing config.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::demo::BANATA_CATALOGUE;
+
+/// Catalogues shipped for `--api NAME=URL` (file name, text).
+const SHIPPED: [(&str, &str, &str); 1] = [(
+    "openai",
+    "openai-permissions.toml",
+    include_str!("../config/openai-permissions.toml"),
+)];
 
 /// What to write.
 #[derive(Clone, Debug)]
@@ -16,6 +25,8 @@ pub struct InitOptions {
     pub dir: PathBuf,
     /// Key file; default `<dir>/api-key`.
     pub key_file: Option<PathBuf>,
+    /// More APIs, `NAME=URL`: each at `/NAME`, key in `<dir>/NAME-api-key`.
+    pub apis: Vec<String>,
 }
 
 /// The default directory: `$XDG_CONFIG_HOME/sidekey` or `~/.config/sidekey`.
@@ -48,16 +59,26 @@ pub fn run(opts: &InitOptions, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         .key_file
         .clone()
         .unwrap_or_else(|| opts.dir.join("api-key"));
-    let allow: Vec<String> = opts.allow.iter().map(|a| toml_str(a)).collect();
-    let text = format!(
-        "# Written by `sidekey init`. Reference: config/sidekey.example.toml in the sidekey repo.\n\
-         [upstream]\nurl = {}\n\n[credential]\nfile = {}   # chmod 600; edit to rotate, no restart\n\n\
-         [service]\nname = {}\nallow = [{}]\npermissions_file = \"banata-permissions.toml\"\n",
-        toml_str(&opts.upstream),
-        toml_str(&key_file.to_string_lossy()),
-        toml_str(&opts.service),
-        allow.join(", "),
-    );
+    let text = if opts.apis.is_empty() {
+        let allow: Vec<String> = opts.allow.iter().map(|a| toml_str(a)).collect();
+        format!(
+            "# Written by `sidekey init`. Reference: config/sidekey.example.toml in the sidekey repo.\n\
+             [upstream]\nurl = {}\n\n[credential]\nfile = {}   # chmod 600; edit to rotate, no restart\n\n\
+             [service]\nname = {}\nallow = [{}]\npermissions_file = \"banata-permissions.toml\"\n",
+            toml_str(&opts.upstream),
+            toml_str(&key_file.to_string_lossy()),
+            toml_str(&opts.service),
+            allow.join(", "),
+        )
+    } else {
+        match named(opts, &key_file) {
+            Ok(t) => t,
+            Err(message) => {
+                let _ = writeln!(err, "error: {message}");
+                return 64;
+            }
+        }
+    };
     if let Err(e) = write_files(&opts.dir, &config_path, &text) {
         let _ = writeln!(err, "error: {e}");
         return 64;
@@ -78,11 +99,59 @@ pub fn run(opts: &InitOptions, out: &mut dyn Write, err: &mut dyn Write) -> i32 
     0
 }
 
+/// The named-API config: Banata at `/`, each `--api NAME=URL` at `/NAME`. Unqualified
+/// `--allow` entries are Banata's.
+fn named(opts: &InitOptions, key_file: &Path) -> Result<String, String> {
+    let mut text = format!(
+        "# Written by `sidekey init`. Reference: config/multi-api.example.toml in the sidekey repo.\n\
+         [api.banata]\nurl = {}\npath_prefix = \"/\"\npermissions_file = \"banata-permissions.toml\"\n\
+         credential = {{ file = {} }}   # chmod 600; edit to rotate, no restart\n",
+        toml_str(&opts.upstream),
+        toml_str(&key_file.to_string_lossy()),
+    );
+    for spec in &opts.apis {
+        let Some((name, url)) = spec.split_once('=') else {
+            return Err(format!("--api {spec}: expected NAME=URL"));
+        };
+        let Some((_, file, _)) = SHIPPED.iter().find(|(n, _, _)| *n == name) else {
+            return Err(format!(
+                "--api {name}: no catalogue ships for `{name}` (shipped: {}); add its [api.{name}] table by hand",
+                SHIPPED.map(|(n, _, _)| n).join(", ")
+            ));
+        };
+        let key = opts.dir.join(format!("{name}-api-key"));
+        text.push_str(&format!(
+            "\n[api.{name}]\nurl = {}\npath_prefix = \"/{name}\"\npermissions_file = {}\ncredential = {{ file = {} }}\n",
+            toml_str(url),
+            toml_str(file),
+            toml_str(&key.to_string_lossy()),
+        ));
+    }
+    let allow: Vec<String> = opts
+        .allow
+        .iter()
+        .map(|a| match a.contains('/') {
+            true => toml_str(a),
+            false => toml_str(&format!("banata/{a}")),
+        })
+        .collect();
+    text.push_str(&format!(
+        "\n[service]\nname = {}\nallow = [{}]\n",
+        toml_str(&opts.service),
+        allow.join(", ")
+    ));
+    Ok(text)
+}
+
 fn write_files(dir: &Path, config_path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let catalogue = dir.join("banata-permissions.toml");
-    if !catalogue.exists() {
-        std::fs::write(&catalogue, BANATA_CATALOGUE)?;
+    let catalogues = std::iter::once(("banata-permissions.toml", BANATA_CATALOGUE))
+        .chain(SHIPPED.iter().map(|(_, file, body)| (*file, *body)));
+    for (file, body) in catalogues {
+        let path = dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, body)?;
+        }
     }
     std::fs::write(config_path, text)
 }

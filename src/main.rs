@@ -115,6 +115,10 @@ enum Command {
         /// Directory to write into (default: ~/.config/sidekey).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Another API, NAME=URL (repeatable; shipped catalogues: openai): served under /NAME
+        /// with its own key file <dir>/NAME-api-key; grants are then `api/permission`.
+        #[arg(long = "api")]
+        apis: Vec<String>,
     },
     /// Add sidekey as a native sidecar to Kubernetes workloads (YAML in, YAML out).
     #[command(
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
             upstream,
             key_file,
             dir,
+            apis,
         } => {
             let opts = sidekey::init::InitOptions {
                 service,
@@ -215,6 +220,7 @@ fn main() -> ExitCode {
                 upstream,
                 key_file,
                 dir: dir.unwrap_or_else(sidekey::init::default_dir),
+                apis,
             };
             sidekey::init::run(&opts, &mut std::io::stdout(), &mut std::io::stderr())
         }

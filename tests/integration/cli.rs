@@ -223,3 +223,42 @@ async fn demo_serves_two_apis_with_their_own_keys() {
         .status();
     let _ = child.wait();
 }
+
+#[test]
+fn init_sets_up_several_apis() {
+    let dir = TempDir::new();
+    let (code, out, err) = sidekey(&[
+        "init",
+        "--service",
+        "laptop",
+        "--allow",
+        "sandbox_sessions:read,openai/models:read",
+        "--api",
+        "openai=https://api.openai.com",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = dir.path().join("sidekey.toml");
+    let (code, out, err) = sidekey(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("api openai at /openai -> https://api.openai.com"),
+        "{out}"
+    );
+    assert!(out.contains("banata/sandbox_sessions:read"), "{out}");
+    assert!(out.contains("openai/models:read"), "{out}");
+    let (code, _, err) = sidekey(&[
+        "init",
+        "--service",
+        "x",
+        "--allow",
+        "a",
+        "--api",
+        "nope=https://x.example",
+        "--dir",
+        dir.path().join("other").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64);
+    assert!(err.contains("no catalogue ships for `nope`"), "{err}");
+}
