@@ -9,9 +9,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri};
+use sidekey::control::secret::{Credential, Source};
 use sidekey::policy::canon::canonicalize;
 use sidekey::policy::{Pattern, Policy, RouteSpec};
-use sidekey::secret::{Credential, Source};
 
 fn catalogue(n: usize) -> Policy {
     let specs = (0..n)
@@ -105,7 +105,7 @@ fn bench_inject(c: &mut Criterion) {
     c.bench_function("inject/strip_and_inject", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| sidekey::inject::apply(h, &credential),
+            |h| sidekey::proxy::inject::apply(h, &credential),
             criterion::BatchSize::SmallInput,
         )
     });
@@ -119,9 +119,10 @@ fn bench_snapshot(c: &mut Criterion) {
     let text = "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nenv = \"SIDEKEY_BENCH_KEY\"\n[service]\nname = \"b\"\nallow = [\"p\"]\n[permissions]\np = [\"GET /v1/x\"]\n";
     std::fs::write(&cfg, text).expect("write");
     let config = std::sync::Arc::new(sidekey::config::Config::load(&cfg).expect("config"));
-    let snapshot = sidekey::reload::compose(config, std::sync::Arc::new([None]), None, 1, None)
-        .expect("compose");
-    let shared = sidekey::state::Shared::new(snapshot);
+    let snapshot =
+        sidekey::control::reload::compose(config, std::sync::Arc::new([None]), None, 1, None)
+            .expect("compose");
+    let shared = sidekey::control::state::Shared::new(snapshot);
     c.bench_function("snapshot/load", |b| b.iter(|| black_box(shared.load())));
     let _ = std::fs::remove_dir_all(&dir);
 }

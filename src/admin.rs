@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::state::Shared;
+use crate::control::state::Shared;
 use crate::telemetry;
 
 pub async fn handle(

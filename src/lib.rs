@@ -10,27 +10,26 @@
 //! [`App::run`] serves until the shutdown future resolves. `main` and the integration tests
 //! use exactly this path.
 
-pub mod admin;
-pub mod caller;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod init;
-pub mod inject;
-pub mod kube;
-pub mod limit;
-pub mod mock;
-pub mod pki;
+// The request path (per request): serve -> proxy -> policy, upstream.
 pub mod policy;
 pub mod proxy;
-pub mod reload;
-pub mod secret;
 pub mod serve;
-pub mod state;
-pub mod suggest;
-pub mod telemetry;
-pub mod tls;
 pub mod upstream;
+// The writers (per reload): config, and control (snapshot state, reload, keys, TLS material).
+pub mod config;
+pub mod control;
+// Beside both: admin endpoints, telemetry, the ground-floor names and the shutdown flag.
+pub mod admin;
+pub mod headers;
+pub mod shutdown;
+pub mod telemetry;
+// Once per command (the library never imports `cli`), and the demo/test mock.
+pub mod cli;
+pub mod mock;
+pub mod pki;
+
+use control::{reload, secret};
+use proxy::caller;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,9 +40,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
-use crate::secret::Credential;
+use crate::control::secret::Credential;
+use crate::control::state::Shared;
 use crate::serve::ServeOptions;
-use crate::state::Shared;
 
 /// Why the app could not start.
 #[derive(Debug, thiserror::Error)]

@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             access_log,
             since,
             caller,
-        } => sidekey::suggest::run(
+        } => sidekey::cli::suggest::run(
             &config,
             &access_log,
             since,
@@ -214,15 +214,15 @@ fn main() -> ExitCode {
             dir,
             apis,
         } => {
-            let opts = sidekey::init::InitOptions {
+            let opts = sidekey::cli::init::InitOptions {
                 service,
                 allow,
                 upstream,
                 key_file,
-                dir: dir.unwrap_or_else(sidekey::init::default_dir),
+                dir: dir.unwrap_or_else(sidekey::cli::init::default_dir),
                 apis,
             };
-            sidekey::init::run(&opts, &mut std::io::stdout(), &mut std::io::stderr())
+            sidekey::cli::init::run(&opts, &mut std::io::stdout(), &mut std::io::stderr())
         }
         Command::Inject {
             file,
@@ -232,7 +232,7 @@ fn main() -> ExitCode {
             env_name,
             listen_url,
         } => {
-            let opts = sidekey::kube::InjectOptions {
+            let opts = sidekey::cli::kube::InjectOptions {
                 secret,
                 config_map,
                 image,
@@ -294,7 +294,7 @@ fn run(path: &std::path::Path, workers: Option<usize>, format: LogFormat) -> i32
     }
 }
 
-fn inject(file: &std::path::Path, opts: &sidekey::kube::InjectOptions) -> i32 {
+fn inject(file: &std::path::Path, opts: &sidekey::cli::kube::InjectOptions) -> i32 {
     use std::io::Read;
     let mut input = String::new();
     let read = if file == std::path::Path::new("-") {
@@ -306,7 +306,7 @@ fn inject(file: &std::path::Path, opts: &sidekey::kube::InjectOptions) -> i32 {
         eprintln!("error: cannot read {}: {e}", file.display());
         return EXIT_BAD_CONFIG;
     }
-    match sidekey::kube::inject(&input, opts) {
+    match sidekey::cli::kube::inject(&input, opts) {
         Ok(out) => {
             print!("{out}");
             0
@@ -323,7 +323,7 @@ fn demo() -> i32 {
     let result = runtime(2).map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             let mut out = std::io::stdout();
-            sidekey::demo::run(&mut out, shutdown_signal()).await?;
+            sidekey::cli::demo::run(&mut out, shutdown_signal()).await?;
             Ok::<_, anyhow::Error>(())
         })
     });

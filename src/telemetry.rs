@@ -237,7 +237,7 @@ pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics().run_upkeep(),
-            () = crate::serve::stopped(&mut stop) => return,
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
     }
 }

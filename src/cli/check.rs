@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::{CheckOptions, EXIT_BAD_CONFIG, decision_of};
 use crate::config::{Config, CredentialSource, Expect, Identity, PolicyTest, Principal};
+use crate::control::secret::{Credential, KeyError};
 use crate::policy::Policy;
 use crate::policy::lint::Lint;
-use crate::secret::{Credential, KeyError};
 
 /// Validates the config, prints the effective table, runs lints and `[[test]]`
 /// expectations. 0 ok, 1 failing tests (or lints with `--strict`), 64 bad config.

@@ -2,6 +2,10 @@
 //! Both write to a caller-supplied writer and return the process exit code.
 
 mod check;
+pub mod demo;
+pub mod init;
+pub mod kube;
+pub mod suggest;
 
 pub use check::check;
 
@@ -192,7 +196,7 @@ pub fn pick<'c>(config: &'c Config, caller: Option<&str>) -> Result<&'c Principa
 /// `sidekey token new`: a fresh caller token, printed once, and the config line holding only
 /// its SHA-256. 0 ok, 1 no randomness.
 pub fn token_new(caller: &str, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let token = match crate::caller::new_token() {
+    let token = match crate::proxy::caller::new_token() {
         Ok(t) => t,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -207,7 +211,7 @@ pub fn token_new(caller: &str, out: &mut dyn Write, err: &mut dyn Write) -> i32 
          [[caller]]\n\
          name = \"{caller}\"\n\
          token_sha256 = \"{}\"",
-        crate::caller::token_sha256(&token)
+        crate::proxy::caller::token_sha256(&token)
     );
     0
 }

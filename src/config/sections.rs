@@ -211,7 +211,7 @@ pub(crate) fn credential(
             format!("`{header_text}` is not a header name"),
         );
     };
-    if crate::inject::is_reserved(&header) {
+    if crate::headers::is_reserved(&header) {
         return ctx.err(
             &format!("{key}.header"),
             header_span,

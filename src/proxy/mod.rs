@@ -5,7 +5,10 @@
 //! into a JSON response, so nothing on this path panics or leaks upstream error text.
 
 pub mod body;
+pub mod caller;
 mod error;
+pub mod inject;
+pub mod limit;
 mod links;
 mod request_id;
 
@@ -20,16 +23,15 @@ use http_body_util::{Either, Full};
 
 pub use error::ProxyError;
 
-use crate::caller::{self, Peer};
 use crate::config::Mode;
-use crate::inject;
-use crate::limit::Limited;
+use crate::control::state::{Shared, Snapshot};
 use crate::policy::apis::decide;
 use crate::policy::{Route, Verdict};
-use crate::state::{Shared, Snapshot};
 use crate::telemetry;
 use crate::upstream::{FailureKind, UpstreamBody};
 use body::{Fault, InFlightGuard, Watched};
+use caller::Peer;
+use limit::Limited;
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
 pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;

@@ -21,9 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+pub(crate) use crate::shutdown::stopped;
 pub use conn::RequestBody;
 
-use crate::caller::Peer;
+use crate::proxy::caller::Peer;
 
 /// The current listener TLS config, taken afresh for each connection.
 pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
@@ -111,7 +112,7 @@ pub async fn serve<M, H, Fut, B>(
                                     .1
                                     .peer_certificates()
                                     .and_then(|c| c.first())
-                                    .map(|leaf| Arc::from(crate::tls::peer_names(leaf)));
+                                    .map(|leaf| Arc::from(crate::control::tls::peer_names(leaf)));
                                 let handler = make(Peer { cert_names: names });
                                 conn::drive(tls, builder, handler, clocks, stop).await;
                                 drop(live);
@@ -138,10 +139,4 @@ pub async fn serve<M, H, Fut, B>(
     {
         tracing::warn!("grace period over; closing connections with requests still in flight");
     }
-}
-
-/// Resolves once `stop` holds `true` (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`: drop it here, inside this future.
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -212,7 +212,7 @@ async fn demo_serves_two_apis_with_their_own_keys() {
         llm.json()["key_fingerprint"].clone(),
     );
     assert!(a.is_string() && b.is_string() && a != b, "{a} {b}");
-    assert_ne!(b, sidekey::secret::fingerprint(b"not-the-key"));
+    assert_ne!(b, sidekey::control::secret::fingerprint(b"not-the-key"));
     assert_eq!(
         request(addr, "GET", "/llm/v1/models", &[]).await.code(),
         "permission_denied"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sidekey::secret::fingerprint;
+use sidekey::control::secret::fingerprint;
 
 use crate::support::*;
 

@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::config::Config;
-use crate::limit::Limiter;
+use crate::control::secret::Credential;
+use crate::control::tls::TlsMaterial;
 use crate::policy::Policy;
 use crate::policy::apis::Router;
-use crate::secret::Credential;
+use crate::proxy::limit::Limiter;
 use crate::telemetry::RequestCounters;
-use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
 
 /// Everything a request needs, consistent with itself.

@@ -10,7 +10,7 @@ fn opts() -> InjectOptions {
     }
 }
 
-const APP: &str = include_str!("../../deploy/kubernetes/examples/app.yaml");
+const APP: &str = include_str!("../../../deploy/kubernetes/examples/app.yaml");
 
 fn docs(s: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(s)

@@ -194,7 +194,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k"), "sk_test_x").unwrap();
         let path = dir.join("gw.toml");
-        let hash = crate::caller::token_sha256("t");
+        let hash = crate::proxy::caller::token_sha256("t");
         let text = format!(
             "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nfile = \"k\"\n\
              [permissions]\nread = [\"GET /v1/x\"]\nwrite = [\"POST /v1/x\"]\n\

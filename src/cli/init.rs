@@ -6,13 +6,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::demo::BANATA_CATALOGUE;
+use crate::cli::demo::BANATA_CATALOGUE;
 
 /// Catalogues shipped for `--api NAME=URL` (file name, text).
 const SHIPPED: [(&str, &str, &str); 1] = [(
     "openai",
     "openai-permissions.toml",
-    include_str!("../config/openai-permissions.toml"),
+    include_str!("../../config/openai-permissions.toml"),
 )];
 
 /// What to write.

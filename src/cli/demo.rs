@@ -15,7 +15,7 @@ use crate::pki::Ca;
 use crate::{App, AppError};
 
 /// The bundled Banata permission catalogue.
-pub const BANATA_CATALOGUE: &str = include_str!("../config/banata-permissions.toml");
+pub const BANATA_CATALOGUE: &str = include_str!("../../config/banata-permissions.toml");
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]

@@ -19,11 +19,11 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError, CredentialConfig, CredentialSource};
-use crate::limit::Limiter;
-use crate::secret::{Credential, KeyError};
-use crate::state::{ApiState, PrincipalState, Shared, Snapshot};
+use crate::control::secret::{Credential, KeyError};
+use crate::control::state::{ApiState, PrincipalState, Shared, Snapshot};
+use crate::control::tls::TlsMaterial;
+use crate::proxy::limit::Limiter;
 use crate::telemetry::{self, RequestCounters};
-use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
 
 /// Interval used when no filesystem watcher could be created.
@@ -86,7 +86,7 @@ pub fn compose(
                     .then(|| old.limiter.clone())
             });
             PrincipalState {
-                counters: crate::state::request_counters(&p.name, &config.apis, &policies),
+                counters: crate::control::state::request_counters(&p.name, &config.apis, &policies),
                 policies: policies.into(),
                 limiter: kept.unwrap_or_else(|| Arc::new(Limiter::new(p.rate, p.max_concurrent))),
             }
@@ -114,7 +114,7 @@ pub fn listener_tls(config: &Config) -> Result<Option<Arc<TlsMaterial>>, String>
     let Some(tls) = &config.listener.tls else {
         return Ok(None);
     };
-    crate::tls::build(tls, optional_client_cert(config)).map(|m| Some(Arc::new(m)))
+    crate::control::tls::build(tls, optional_client_cert(config)).map(|m| Some(Arc::new(m)))
 }
 
 /// Token callers connect without a certificate; certificate-only gateways require one.
@@ -193,7 +193,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 while events.try_recv().is_ok() {}
             }
             () = tokio::time::sleep(every) => {}
-            () = crate::serve::stopped(&mut stop) => return,
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
         reloader.reload_once();
         reloader.ensure_watches(watcher.as_mut());
@@ -319,7 +319,7 @@ impl Reloader {
         let mut tls = snap.tls.clone();
         let mut tls_changed = false;
         if let Some(files) = &config.listener.tls {
-            let now = crate::tls::digest(files, optional_client_cert(&config));
+            let now = crate::control::tls::digest(files, optional_client_cert(&config));
             let same = matches!((&now, &tls), (Ok(d), Some(t)) if *d == t.digest);
             if !same || config_changed {
                 match listener_tls(&config) {
@@ -430,7 +430,7 @@ mod tests {
     use super::*;
 
     fn gateway(dir: &Path, rate: &str) -> Arc<Config> {
-        let hash = crate::caller::token_sha256("t");
+        let hash = crate::proxy::caller::token_sha256("t");
         let text = format!(
             "[upstream]\nurl = \"https://api.example.com\"\n[credential]\nfile = \"k\"\n\
              [permissions]\nread = [\"GET /v1/x\"]\n\

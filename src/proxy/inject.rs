@@ -8,7 +8,9 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::secret::Credential;
+use crate::headers::{HOP_BY_HOP, is_hop_by_hop};
+
+use crate::control::secret::Credential;
 
 /// Framing problems that make a request unsafe to forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,20 +44,6 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
         }
         _ => Err(FramingError::TransferEncoding),
     }
-}
-
-/// Hop-by-hop headers: never forwarded in either direction.
-fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
 }
 
 /// Request headers removed before forwarding, besides hop-by-hop ones: caller credentials,
@@ -106,15 +94,6 @@ pub fn check_host(version: http::Version, headers: &HeaderMap) -> Result<(), &'s
     }
 }
 
-/// Headers that can never be the credential header.
-pub fn is_reserved(name: &HeaderName) -> bool {
-    is_hop_by_hop(name.as_str())
-        || matches!(
-            name.as_str(),
-            "host" | "content-length" | "content-type" | "x-request-id"
-        )
-}
-
 /// Names listed in every `Connection` header (RFC 9110 section 7.6.1).
 fn connection_named(headers: &HeaderMap, into: &mut Vec<HeaderName>) {
     for value in headers.get_all(header::CONNECTION) {
@@ -146,17 +125,6 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
     // `insert` replaces every existing value: exactly one credential header leaves here.
     headers.insert(credential.header().clone(), credential.value().clone());
 }
-
-/// The hop-by-hop set as header names (see [`is_hop_by_hop`]).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Strips hop-by-hop headers (and those named by `Connection`) from an upstream response.
 /// Runs on every response: names listed in `Connection` are collected only when they are
@@ -194,7 +162,7 @@ mod tests {
             HeaderName::from_bytes(header.as_bytes()).unwrap(),
             "Bearer ",
             b"k-123",
-            crate::secret::Source::Env,
+            crate::control::secret::Source::Env,
         )
         .unwrap()
     }

@@ -1,0 +1,7 @@
+//! The writers, off the request path: the snapshot state the request path reads once per
+//! request, the reload task that rebuilds it, key material and the gateway listener's TLS.
+
+pub mod reload;
+pub mod secret;
+pub mod state;
+pub mod tls;
