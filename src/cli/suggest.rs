@@ -215,4 +215,35 @@ mod tests {
         assert_eq!(all.requests, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn several_apis_are_tallied_with_qualified_names() {
+        let dir = std::env::temp_dir().join(format!("sidekey-suggest-apis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.toml");
+        let text = "[api.banata]\nurl = \"https://a.example\"\npath_prefix = \"/\"\ncredential = { file = \"k\" }\n\
+             [api.banata.permissions]\nread = [\"GET /v1/x\"]\n\
+             [api.openai]\nurl = \"https://b.example\"\npath_prefix = \"/openai\"\ncredential = { file = \"k2\" }\n\
+             [api.openai.permissions]\n\"models:read\" = [\"GET /v1/x\"]\n\
+             [service]\nname = \"s\"\nallow = [\"banata/read\"]\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        // The log's path is under the API's prefix; `api` names the API.
+        let log = [
+            r#"{"target":"sidekey::access","api":"openai","method":"GET","path":"/v1/x","decision":"deny"}"#,
+            r#"{"target":"sidekey::access","api":"banata","method":"GET","path":"/v1/x","decision":"allow"}"#,
+            r#"{"target":"sidekey::access","api":"openai","method":"GET","path":"/v2/y","decision":"deny"}"#,
+        ]
+        .join("\n");
+        let t = tally(&config, log.as_bytes(), None, None);
+        assert_eq!(
+            t.permissions.keys().collect::<Vec<_>>(),
+            ["banata/read", "openai/models:read"]
+        );
+        assert_eq!(
+            t.uncovered.keys().collect::<Vec<_>>(),
+            ["api.openai: GET /v2/y"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
