@@ -92,7 +92,8 @@ impl App {
                 ),
                 (None, Some(e)) => {
                     tracing::warn!(credential = &*named.name, reason = %e, "no valid API key at start; its callers get 503 until one appears");
-                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => e.result_label()).increment(1);
+                    let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+                    metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => e.result_label()).increment(1);
                 }
                 (None, None) => {}
             }

@@ -40,11 +40,11 @@ fn seed_key_series(config: &Config, credentials: &[Option<Arc<Credential>>]) {
         }
     }
     for (named, key) in config.credentials.iter().zip(credentials) {
+        let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
         for result in ["ok", "invalid", "error"] {
-            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => result).increment(0);
+            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
         }
         if let Some(key) = key {
-            let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
             metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "fingerprint" => key.fingerprint().to_owned()).increment(0);
         }
     }
@@ -296,7 +296,8 @@ impl Reloader {
                                 new_fingerprint = new.fingerprint(),
                                 "API key rotated"
                             );
-                            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => named.name.to_string(), "result" => "ok")
+                            let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+                            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => "ok")
                                 .increment(1);
                             self.shared.set_credential_reloaded_now();
                             key_changed = true;
@@ -305,7 +306,8 @@ impl Reloader {
                     }
                 }
                 Err(e) => {
-                    self.key_failed(&named.name, &named.config, &e);
+                    let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+                    self.key_failed(api, &named.name, &named.config, &e);
                     previous
                 }
             };
@@ -381,7 +383,7 @@ impl Reloader {
         }
     }
 
-    fn key_failed(&mut self, name: &Arc<str>, config: &CredentialConfig, e: &KeyError) {
+    fn key_failed(&mut self, api: &str, name: &Arc<str>, config: &CredentialConfig, e: &KeyError) {
         let message = e.to_string();
         if self.last_key_errors.get(name) == Some(&message) {
             return;
@@ -391,7 +393,7 @@ impl Reloader {
             CredentialSource::Env(v) => format!("${v}"),
         };
         tracing::warn!(credential = &**name, reason = %message, source, "API key update refused; the last good key stays in use");
-        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "credential" => name.to_string(), "result" => e.result_label())
+        metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => name.to_string(), "result" => e.result_label())
             .increment(1);
         self.shared
             .set_credential_error(name, Some(message.clone()));

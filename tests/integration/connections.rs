@@ -279,7 +279,7 @@ async fn counters_exist_at_zero_before_the_first_event() {
         "sidekey_errors_total{code=\"tls_handshake\"} 0".into(),
         "sidekey_upstream_errors_total{api=\"default\",kind=\"connect\"} 0".into(),
         "sidekey_config_reloads_total{result=\"invalid\"} 0".into(),
-        "sidekey_credential_reloads_total{credential=\"default\",result=\"error\"} 0".into(),
+        "sidekey_credential_reloads_total{api=\"default\",credential=\"default\",result=\"error\"} 0".into(),
     ] {
         assert!(m.contains(&series), "missing {series}: {m}");
     }

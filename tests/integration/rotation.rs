@@ -137,11 +137,13 @@ async fn bad_updates_keep_the_last_good_key() {
     }
     let m = metrics(&p).await;
     assert!(
-        m.contains(r#"sidekey_credential_reloads_total{credential="default",result="invalid"}"#),
+        m.contains(r#"sidekey_credential_reloads_total{api="default",credential="default",result="invalid"}"#),
         "{m}"
     );
     assert!(
-        m.contains(r#"sidekey_credential_reloads_total{credential="default",result="error"}"#),
+        m.contains(
+            r#"sidekey_credential_reloads_total{api="default",credential="default",result="error"}"#
+        ),
         "{m}"
     );
     p.stop().await;
