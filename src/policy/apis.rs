@@ -77,29 +77,19 @@ pub fn decide<'p, 'u>(
     method: &Method,
     uri: &'u Uri,
 ) -> Decision<'p, 'u> {
+    let refused = |verdict| Decision {
+        api: None,
+        verdict,
+        whole_path: false,
+    };
     let path = match screen(method, uri) {
         Ok(p) => p,
-        Err(verdict) => {
-            return Decision {
-                api: None,
-                verdict,
-                whole_path: false,
-            };
-        }
+        Err(verdict) => return refused(verdict),
     };
-    let Some((api, at)) = router.route(&path, only) else {
-        return Decision {
-            api: None,
-            verdict: Verdict::NoRoute { path },
-            whole_path: false,
-        };
-    };
-    let Some(policy) = policies.get(api) else {
-        return Decision {
-            api: None,
-            verdict: Verdict::NoRoute { path },
-            whole_path: false,
-        };
+    let routed = router.route(&path, only);
+    let Some((api, at, policy)) = routed.and_then(|(api, at)| Some((api, at, policies.get(api)?)))
+    else {
+        return refused(Verdict::NoRoute { path });
     };
     let rest: Cow<'u, str> = match path {
         Cow::Borrowed(p) => Cow::Borrowed(p.get(at..).filter(|r| !r.is_empty()).unwrap_or("/")),

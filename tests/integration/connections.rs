@@ -48,6 +48,15 @@ async fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// A keep-alive connection that has been served one request.
+async fn served(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    s
+}
+
 /// Reads until the peer closes; `Ok` is a FIN, `Err` a reset.
 async fn until_closed(s: &mut TcpStream, limit: Duration) -> std::io::Result<Vec<u8>> {
     let mut rest = Vec::new();
@@ -62,9 +71,7 @@ async fn idle_keep_alive_outlives_the_header_timeout_and_parks() {
     let up = Upstream::banata().await;
     let text = listener("header_read_timeout = \"300ms\"")(&up.mock.url());
     let p = TestProxy::start(&up, Some(KEY), &text).await;
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = served(p.addr).await;
     // Idle for longer than header_read_timeout, and long enough to be parked (1 s): the
     // connection must still serve the next request.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -80,9 +87,7 @@ async fn idle_past_idle_timeout_is_closed_cleanly() {
     let up = Upstream::banata().await;
     let text = listener("idle_timeout = \"600ms\"")(&up.mock.url());
     let p = TestProxy::start(&up, Some(KEY), &text).await;
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = served(p.addr).await;
     let idle = Instant::now();
     let rest = until_closed(&mut s, Duration::from_secs(5))
         .await
@@ -105,9 +110,7 @@ async fn a_slow_head_on_a_reused_connection_still_times_out() {
     let up = Upstream::banata().await;
     let text = listener("header_read_timeout = \"300ms\"")(&up.mock.url());
     let p = TestProxy::start(&up, Some(KEY), &text).await;
-    let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(GET).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut s = served(p.addr).await;
     let t = Instant::now();
     s.write_all(b"GET /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nX-Slow: ")
         .await
@@ -128,11 +131,9 @@ async fn drain_closes_idle_connections_at_once() {
     let text = config_text(&up.mock.url(), "")
         .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"20s\"");
     let p = TestProxy::start(&up, Some(KEY), &text).await;
-    // One idle in hyper (just served), one parked (served, then idle past 1 s is not
-    // needed: a fresh silent connection is parked from the start).
-    let mut served = TcpStream::connect(p.addr).await.unwrap();
-    served.write_all(GET).await.unwrap();
-    assert!(read_response(&mut served).await.starts_with("HTTP/1.1 200"));
+    // One idle in hyper (just served) and one parked (a fresh silent connection is parked
+    // from the start): both close at once, well within the 20 s grace.
+    let mut served = served(p.addr).await;
     let mut silent = TcpStream::connect(p.addr).await.unwrap();
     let t = Instant::now();
     let stop = tokio::spawn(p.stop());
@@ -158,13 +159,7 @@ async fn drain_closes_idle_connections_at_once() {
 async fn malformed_chunked_body_is_a_client_error() {
     // The real binary: its metrics registry is its own, so counts are exact.
     let up = Upstream::banata().await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", up.ca.cert_pem());
-    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
-    dir.write("secret/api-key", KEY);
-    let config = dir.write("sidekey.toml", &config_text(&up.mock.url(), ""));
-    let logs = TempDir::new();
-    let run = Running::start(&config, "info", logs.path()).await;
+    let (run, _dir) = run_binary(&up, &config_text(&up.mock.url(), ""), None).await;
     let out = raw(
         run.proxy,
         b"POST /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
@@ -258,13 +253,8 @@ async fn underscore_spellings_of_framing_and_hop_headers_are_not_forwarded() {
 async fn counters_exist_at_zero_before_the_first_event() {
     // The real binary: a registry of its own, so "0" means no event yet.
     let up = Upstream::banata().await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", up.ca.cert_pem());
-    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
-    let key = dir.write("secret/api-key", KEY);
-    let config = dir.write("sidekey.toml", &config_text(&up.mock.url(), ""));
-    let logs = TempDir::new();
-    let run = Running::start(&config, "info", logs.path()).await;
+    let (run, dir) = run_binary(&up, &config_text(&up.mock.url(), ""), None).await;
+    let key = dir.path().join("secret/api-key");
     let admin = run.admin;
     let scrape = move || async move {
         String::from_utf8_lossy(&get(admin, "/metrics").await.body).into_owned()

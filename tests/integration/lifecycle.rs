@@ -252,13 +252,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let up = Upstream::banata().await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", up.ca.cert_pem());
-    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
-    dir.write("secret/api-key", KEY);
-    let config = dir.write("sidekey.toml", &config_text(&up.mock.url(), ""));
-    let logs = TempDir::new();
-    let run = Running::start_limited(&config, "info", logs.path(), Some(40)).await;
+    let (run, _dir) = run_binary(&up, &config_text(&up.mock.url(), ""), Some(40)).await;
     assert_eq!(get(run.proxy, "/v1/sandboxes").await.status, 200);
     // Hold more connections than the process has descriptors left: accept hits EMFILE.
     let mut held = Vec::new();

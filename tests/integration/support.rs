@@ -292,6 +292,20 @@ pub fn sidekey(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `sidekey run` (the real binary: a metrics registry of its own) on `config`, with
+/// `ca.pem` and `secret/api-key` written beside it as `TestProxy::start` does. Keep the
+/// directory until the process is stopped (a tuple drops its first element first).
+pub async fn run_binary(up: &Upstream, config: &str, fd_limit: Option<u32>) -> (Running, TempDir) {
+    let dir = TempDir::new();
+    dir.write("ca.pem", up.ca.cert_pem());
+    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    dir.write("secret/api-key", KEY);
+    let path = dir.write("sidekey.toml", config);
+    let run = Running::start_limited(&path, "info", &dir.path().join("logs"), fd_limit).await;
+    (run, dir)
+}
+
 /// `sidekey run` as a child process, logging to files; stopped with SIGTERM by `stop`.
 pub struct Running {
     /// `None` once stopped; a test that panics before `stop` still kills it (Drop).
