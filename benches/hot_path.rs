@@ -26,6 +26,7 @@ fn catalogue(n: usize) -> Policy {
                 permission: format!("perm{}", i % 6).into(),
                 pattern: Pattern::parse(&text).expect("pattern"),
                 text: text.into(),
+                websocket: false,
             }
         })
         .collect();

@@ -39,6 +39,13 @@ pub const CREDENTIAL_LAST_RELOAD: &str = "sidekey_credential_last_reload_timesta
 pub const READY: &str = "sidekey_ready";
 /// Generation of the published snapshot.
 pub const SNAPSHOT_GENERATION: &str = "sidekey_snapshot_generation";
+/// Gauge: WebSocket tunnels open now, by `api` and `caller`.
+pub const WEBSOCKETS_OPEN: &str = "sidekey_websockets_open";
+/// WebSocket handshakes decided: `api`, `caller`, `permission`, `result` (upgraded,
+/// refused: by sidekey, upstream_refused: the upstream did not switch).
+pub const WEBSOCKET_SESSIONS_TOTAL: &str = "sidekey_websocket_sessions_total";
+/// Bytes through WebSocket tunnels: `api`, `caller`, `direction` (to_upstream, to_client).
+pub const WEBSOCKET_BYTES_TOTAL: &str = "sidekey_websocket_bytes_total";
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +115,15 @@ fn describe() {
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
     describe_counter!(TLS_RELOADS_TOTAL, "Listener certificate reloads, by result");
+    metrics::describe_gauge!(WEBSOCKETS_OPEN, "WebSocket tunnels open, by api and caller");
+    describe_counter!(
+        WEBSOCKET_SESSIONS_TOTAL,
+        "WebSocket handshakes, by api, caller, permission and result"
+    );
+    describe_counter!(
+        WEBSOCKET_BYTES_TOTAL,
+        "Bytes through WebSocket tunnels, by api, caller and direction"
+    );
 }
 
 /// `decision` label values, in table order.

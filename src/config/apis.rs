@@ -244,19 +244,33 @@ fn catalogue(
             }
             let permission: Arc<str> = name.as_str().into();
             for route in routes.into_inner() {
-                let pattern = Pattern::parse(route.get_ref()).map_err(|e| {
+                let written = route.get_ref().text();
+                let pattern = Pattern::parse(written).map_err(|e| {
                     error_in(
                         &file,
                         &text,
                         &key,
                         Some(route.span()),
-                        format!("route `{}`: {e}", route.get_ref()),
+                        format!("route `{written}`: {e}"),
                     )
                 })?;
+                let websocket = route.get_ref().websocket();
+                if websocket && pattern.method.as_ref() != Some(&http::Method::GET) {
+                    return Err(error_in(
+                        &file,
+                        &text,
+                        &key,
+                        Some(route.span()),
+                        format!(
+                            "route `{written}`: a WebSocket handshake is a GET; write `GET /path`"
+                        ),
+                    ));
+                }
                 catalogue.push(RouteSpec {
                     permission: permission.clone(),
-                    text: route.get_ref().as_str().into(),
+                    text: written.into(),
                     pattern,
+                    websocket,
                 });
             }
             names.push(permission);

@@ -258,6 +258,12 @@ pub struct Limits {
     pub max_request_body: Option<u64>,
     /// Longest wait for the next body frame, in either direction.
     pub body_idle_timeout: Duration,
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
+    /// A WebSocket tunnel is closed after this long, busy or not (`None`: no limit).
+    pub websocket_max_duration: Option<Duration>,
+    /// Open WebSocket tunnels at once; beyond it, 503 `overloaded`.
+    pub max_websockets: usize,
 }
 
 /// A configuration error: which file, which key, which line, and what is wrong.

@@ -137,7 +137,37 @@ pub(crate) struct RawService {
 }
 
 /// permission name -> route patterns.
-pub(crate) type RawPermissions = BTreeMap<String, Spanned<Vec<Spanned<String>>>>;
+pub(crate) type RawPermissions = BTreeMap<String, Spanned<Vec<Spanned<RawRoute>>>>;
+
+/// One catalogue route: `"GET /path"`, or a table for a route with options.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRoute {
+    Plain(String),
+    Table(RawRouteTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteTable {
+    pub route: String,
+    /// The route accepts a WebSocket handshake (upgrades are default-deny).
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+impl RawRoute {
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Plain(t) => t,
+            Self::Table(t) => &t.route,
+        }
+    }
+
+    pub fn websocket(&self) -> bool {
+        matches!(self, Self::Table(t) if t.websocket)
+    }
+}
 
 /// A separate catalogue file holds one `[permissions]` table.
 #[derive(Debug, Deserialize)]
@@ -167,4 +197,7 @@ pub(crate) struct RawLimits {
     pub max_in_flight: Option<Spanned<i64>>,
     pub max_request_body: Option<Spanned<String>>,
     pub body_idle_timeout: Option<Spanned<String>>,
+    pub websocket_idle_timeout: Option<Spanned<String>>,
+    pub websocket_max_duration: Option<Spanned<String>>,
+    pub max_websockets: Option<Spanned<i64>>,
 }

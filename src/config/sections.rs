@@ -49,10 +49,53 @@ pub(super) fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limit
             "must be greater than zero",
         );
     }
+    let websocket_idle_timeout = duration(
+        ctx,
+        "limits.websocket_idle_timeout",
+        raw.websocket_idle_timeout.as_ref(),
+        "10m",
+    )?;
+    if websocket_idle_timeout.is_zero() {
+        return ctx.err(
+            "limits.websocket_idle_timeout",
+            raw.websocket_idle_timeout.as_ref().map(Spanned::span),
+            "must be greater than zero",
+        );
+    }
+    let websocket_max_duration = match raw.websocket_max_duration.as_ref() {
+        None => None,
+        Some(v) => {
+            let d = duration(ctx, "limits.websocket_max_duration", Some(v), "0s")?;
+            if d.is_zero() {
+                return ctx.err(
+                    "limits.websocket_max_duration",
+                    Some(v.span()),
+                    "must be greater than zero (leave it out for no limit)",
+                );
+            }
+            Some(d)
+        }
+    };
+    let max_websockets = match raw.max_websockets.as_ref() {
+        None => 256,
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) => n,
+            Err(_) => {
+                return ctx.err(
+                    "limits.max_websockets",
+                    Some(v.span()),
+                    "must be zero (no tunnels) or a positive number",
+                );
+            }
+        },
+    };
     Ok(Limits {
         max_in_flight,
         max_request_body,
         body_idle_timeout,
+        websocket_idle_timeout,
+        websocket_max_duration,
+        max_websockets,
     })
 }
 

@@ -121,6 +121,8 @@ pub struct Shared {
     credential_reloaded_at: AtomicU64,
     /// Requests in flight (until their response body is done).
     pub in_flight: Arc<AtomicUsize>,
+    /// WebSocket tunnels open (under `limits.max_websockets`).
+    pub websockets: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Shared {
             credential_errors: Mutex::default(),
             credential_reloaded_at: AtomicU64::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            websockets: Arc::new(AtomicUsize::new(0)),
         }
     }
 

@@ -176,6 +176,7 @@ mod tests {
                 permission: (*perm).into(),
                 text: (*text).into(),
                 pattern: Pattern::parse(text).unwrap(),
+                websocket: false,
             })
             .collect()
     }

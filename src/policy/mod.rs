@@ -31,6 +31,8 @@ pub struct Route {
     pub granted: bool,
     /// Position of `permission` in [`Policy::permissions`] (for per-permission tables).
     pub permission_index: usize,
+    /// The route accepts a WebSocket handshake (`websocket = true` in the catalogue).
+    pub websocket: bool,
 }
 
 /// A catalogue entry handed to [`Policy::new`].
@@ -39,6 +41,8 @@ pub struct RouteSpec {
     pub permission: Arc<str>,
     pub text: Arc<str>,
     pub pattern: Pattern,
+    /// Opted in to WebSocket upgrades.
+    pub websocket: bool,
 }
 
 /// The compiled allow-list of one service.
@@ -98,6 +102,7 @@ impl Policy {
                 permission: spec.permission,
                 pattern: spec.text,
                 permission_index,
+                websocket: spec.websocket,
             });
         }
         Self {

@@ -8,6 +8,7 @@ pub(super) fn policy(catalogue: &[(&str, &str)], allow: &[&str]) -> Policy {
             permission: (*perm).into(),
             text: (*text).into(),
             pattern: Pattern::parse(text).unwrap(),
+            websocket: false,
         })
         .collect();
     Policy::new(specs, |p| allow.contains(&p))

@@ -31,6 +31,10 @@ pub enum ProxyError {
     CallerUnauthenticated(&'static str),
     /// Gateway: the caller's rate or concurrency cap; retry after this many seconds.
     RateLimited(u64),
+    /// A WebSocket handshake on a route without `websocket = true`.
+    UpgradeNotAllowed,
+    /// `limits.max_websockets` tunnels are open.
+    TooManyWebSockets,
 }
 
 impl ProxyError {
@@ -60,11 +64,13 @@ impl ProxyError {
             Self::Upstream(_) | Self::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
             Self::CallerUnauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpgradeNotAllowed => StatusCode::FORBIDDEN,
+            Self::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -77,6 +83,7 @@ impl ProxyError {
         "upstream_unavailable",
         "caller_unauthenticated",
         "rate_limited",
+        "upgrade_not_allowed",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -88,12 +95,13 @@ impl ProxyError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong => "uri_too_long",
             Self::CredentialUnavailable => "credential_unavailable",
-            Self::Overloaded => "overloaded",
+            Self::Overloaded | Self::TooManyWebSockets => "overloaded",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Upstream(kind) if kind.is_timeout() => "upstream_timeout",
             Self::Upstream(_) | Self::UpstreamUpgrade => "upstream_unavailable",
             Self::CallerUnauthenticated(_) => "caller_unauthenticated",
             Self::RateLimited(_) => "rate_limited",
+            Self::UpgradeNotAllowed => "upgrade_not_allowed",
         }
     }
 
@@ -103,13 +111,15 @@ impl ProxyError {
             Self::RouteNotAllowed
             | Self::PermissionDenied(_)
             | Self::CallerUnauthenticated(_)
-            | Self::RateLimited(_) => "deny",
+            | Self::RateLimited(_)
+            | Self::UpgradeNotAllowed => "deny",
             Self::InvalidRequest(_)
             | Self::MethodNotAllowed
             | Self::UriTooLong
             | Self::PayloadTooLarge => "reject",
             Self::CredentialUnavailable
             | Self::Overloaded
+            | Self::TooManyWebSockets
             | Self::Upstream(_)
             | Self::UpstreamUpgrade => "error",
         }
@@ -130,6 +140,8 @@ impl ProxyError {
             Self::UpstreamUpgrade => "the upstream tried to switch protocols; upgrades are not proxied".into(),
             Self::CallerUnauthenticated(reason) => format!("this gateway serves identified callers only ({reason}): present your client certificate or caller token; nothing was sent upstream"),
             Self::RateLimited(_) => "this caller is over its rate or concurrency limit; retry after the retry-after seconds".into(),
+            Self::UpgradeNotAllowed => "this route does not accept WebSocket upgrades (the catalogue route needs `websocket = true`); nothing was sent upstream".into(),
+            Self::TooManyWebSockets => "too many WebSocket tunnels are open (limits.max_websockets); retry shortly".into(),
         }
     }
 
@@ -205,6 +217,8 @@ mod tests {
             ProxyError::UpstreamUpgrade,
             ProxyError::CallerUnauthenticated("x"),
             ProxyError::RateLimited(1),
+            ProxyError::UpgradeNotAllowed,
+            ProxyError::TooManyWebSockets,
         ];
         all.extend(kinds.iter().map(|k| ProxyError::Upstream(*k)));
         for e in &all {

@@ -122,8 +122,55 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
     for name in &doomed {
         headers.remove(name);
     }
+    if headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        strip_subprotocol_credentials(headers);
+    }
     // `insert` replaces every existing value: exactly one credential header leaves here.
     headers.insert(credential.header().clone(), credential.value().clone());
+}
+
+/// Subprotocols that carry a bearer token, because browsers cannot set `Authorization` on a
+/// WebSocket: Kubernetes' and OpenAI Realtime's. They are caller credentials.
+const CREDENTIAL_SUBPROTOCOLS: [&str; 2] = [
+    "base64url.bearer.authorization.k8s.io.",
+    "openai-insecure-api-key.",
+];
+
+/// Removes credential-carrying entries from `Sec-WebSocket-Protocol`, keeping the others in
+/// order (the header goes when none is left).
+fn strip_subprotocol_credentials(headers: &mut HeaderMap) {
+    let is_credential = |token: &str| {
+        CREDENTIAL_SUBPROTOCOLS.iter().any(|p| {
+            token
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        })
+    };
+    let mut kept: Vec<String> = Vec::new();
+    let mut dropped = false;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        // A value that is not text cannot be inspected: dropped, like a credential.
+        let Ok(text) = value.to_str() else {
+            dropped = true;
+            continue;
+        };
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if is_credential(token) {
+                dropped = true;
+            } else {
+                kept.push(token.to_owned());
+            }
+        }
+    }
+    if !dropped {
+        return;
+    }
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(value) = http::HeaderValue::try_from(kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
+    }
 }
 
 /// Strips hop-by-hop headers (and those named by `Connection`) from an upstream response.
@@ -219,6 +266,31 @@ mod tests {
         assert_eq!(h.get("x-api-key").unwrap(), "Bearer k-123");
         assert!(h.get("x_api_key").is_none());
         assert!(h.get("authorization").is_none());
+    }
+
+    #[test]
+    fn subprotocol_tokens_are_caller_credentials() {
+        let mut h = headers(&[
+            (
+                "sec-websocket-protocol",
+                "base64url.bearer.authorization.k8s.io.c2VjcmV0, base64.channel.k8s.io",
+            ),
+            (
+                "sec-websocket-protocol",
+                "realtime, OpenAI-Insecure-Api-Key.sk-caller",
+            ),
+        ]);
+        apply(&mut h, &cred("authorization"));
+        let kept: Vec<_> = h.get_all("sec-websocket-protocol").iter().collect();
+        assert_eq!(kept, vec!["base64.channel.k8s.io, realtime"]);
+        // Nothing else offered: the header goes.
+        let mut h = headers(&[("sec-websocket-protocol", "openai-insecure-api-key.sk-x")]);
+        apply(&mut h, &cred("authorization"));
+        assert!(h.get("sec-websocket-protocol").is_none());
+        // No credential: left exactly as sent.
+        let mut h = headers(&[("sec-websocket-protocol", "chat,  superchat")]);
+        apply(&mut h, &cred("authorization"));
+        assert_eq!(h.get("sec-websocket-protocol").unwrap(), "chat,  superchat");
     }
 
     #[test]

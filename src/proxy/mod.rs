@@ -11,6 +11,8 @@ pub mod inject;
 pub mod limit;
 mod links;
 mod request_id;
+mod respond;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use crate::upstream::{FailureKind, UpstreamBody};
 use body::{Fault, InFlightGuard, Watched};
 use caller::Peer;
 use limit::Limited;
+use websocket::Ask;
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
 pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
@@ -47,6 +50,8 @@ struct Outcome<'s> {
     would_deny: bool,
     path: Option<PathAndQuery>,
     upstream_status: Option<StatusCode>,
+    /// The request was a WebSocket handshake.
+    websocket: bool,
 }
 
 /// Serves one request. Never fails: errors become JSON responses. `only`: the request came
@@ -69,6 +74,7 @@ pub async fn handle(
         would_deny: false,
         path: None,
         upstream_status: None,
+        websocket: false,
     };
     let max = snap.config.limits.max_in_flight;
     let result = match caller::identify(&snap.config, &peer, req.headers()) {
@@ -78,7 +84,9 @@ pub async fn handle(
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
                 Some(guard) => {
                     let only = only.as_deref();
-                    forward(start, &snap, i, only, req, &request_id, guard, &mut outcome).await
+                    let tunnels = &shared.websockets;
+                    let fwd = (start, &*snap, i, only, tunnels);
+                    forward(fwd, req, &request_id, guard, &mut outcome).await
                 }
                 None => Err(ProxyError::Overloaded),
             }
@@ -106,12 +114,18 @@ pub async fn handle(
     Ok(resp)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// When the request arrived, the snapshot, the principal, the API of the listener it came in
+/// on, and the open-tunnel count.
+type Context<'s, 'a> = (
+    Instant,
+    &'s Snapshot,
+    usize,
+    Option<&'a str>,
+    &'a std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
 async fn forward<'s>(
-    started: Instant,
-    snap: &'s Snapshot,
-    principal: usize,
-    only: Option<&str>,
+    (started, snap, principal, only, tunnels): Context<'s, '_>,
     req: Request<crate::serve::RequestBody>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
@@ -126,6 +140,11 @@ async fn forward<'s>(
         .get(principal)
         .ok_or(ProxyError::CallerUnauthenticated("no_caller_identity"))?;
     inject::check_host(parts.version, &parts.headers).map_err(ProxyError::InvalidRequest)?;
+    let ask = websocket::classify(&parts.method, parts.version, &parts.headers);
+    out.websocket = matches!(ask, Ask::WebSocket { .. });
+    if let Ask::Invalid(reason) = ask {
+        return Err(ProxyError::InvalidRequest(reason));
+    }
     // A request on an API's own listener may reach that API only (its prefix still applies).
     let only = match only {
         None => None,
@@ -170,6 +189,18 @@ async fn forward<'s>(
     };
     inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
     let api = decision.api.ok_or(ProxyError::RouteNotAllowed)?;
+    let limits = &snap.config.limits;
+    // Upgrades are default-deny: only a route that opts in, and only under the tunnel cap.
+    let tunnel_slot = match &ask {
+        Ask::WebSocket { .. } if !route.is_some_and(|r| r.websocket) => {
+            return Err(ProxyError::UpgradeNotAllowed);
+        }
+        Ask::WebSocket { .. } => Some(
+            InFlightGuard::try_acquire(tunnels, limits.max_websockets)
+                .ok_or(ProxyError::TooManyWebSockets)?,
+        ),
+        _ => None,
+    };
     let upstream = &snap
         .apis
         .get(api)
@@ -185,7 +216,6 @@ async fn forward<'s>(
         Limited::Rate(wait) => ProxyError::RateLimited(wait.as_secs() + 1),
         Limited::Concurrency => ProxyError::RateLimited(1),
     })?;
-    let limits = &snap.config.limits;
     if let Some(max) = limits.max_request_body {
         let declared = parts
             .headers
@@ -220,6 +250,39 @@ async fn forward<'s>(
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 
+    if let (Ask::WebSocket { accept }, Some(slot)) = (&ask, tunnel_slot) {
+        websocket::ask_upstream(&mut parts.headers);
+        let req = Request::from_parts(parts, http_body_util::Empty::new());
+        let resp = upstream
+            .upgrade(req, started)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        out.upstream_status = Some(resp.status());
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Refused: passed back as a normal response (the connection is not reused).
+            let at = (principal, api, &**credential, only.is_some(), host.as_ref());
+            return Ok(respond::respond(snap, at, resp, guard, caller_guard));
+        }
+        let tunnel = websocket::tunnel::Tunnel {
+            idle_timeout: limits.websocket_idle_timeout,
+            max_duration: limits.websocket_max_duration,
+            api: snap
+                .config
+                .apis
+                .get(api)
+                .map_or("none".into(), |a| a.name.clone()),
+            caller: snap
+                .config
+                .principals
+                .get(principal)
+                .map_or("none".into(), |p| p.name.clone()),
+            permission: route.map_or("none".into(), |r| r.permission.clone()),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            slot,
+            caller_slot: caller_guard,
+        };
+        return websocket::switch(resp, accept, tunnel, started, upstream.response_timeout).await;
+    }
     let (body, fault) = if http_body::Body::is_end_stream(&body) {
         // No body: nothing to watch, and the upstream client may replay the request.
         (Either::Right(http_body_util::Empty::new()), None)
@@ -236,7 +299,7 @@ async fn forward<'s>(
     let sent = upstream
         .send(Request::from_parts(parts, body), started)
         .await;
-    let mut resp = match sent {
+    let resp = match sent {
         Ok(resp) => resp,
         // The caller's body failed: its mistake, never reported as the upstream's.
         Err(kind) => match fault.and_then(|f| f.get()) {
@@ -251,58 +314,8 @@ async fn forward<'s>(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
     }
-    if resp.status() == StatusCode::UNAUTHORIZED {
-        let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
-        let slot = snap
-            .config
-            .principals
-            .get(principal)
-            .and_then(|p| p.credentials.get(api).copied().flatten());
-        let named = slot
-            .and_then(|s| snap.config.credentials.get(s))
-            .map_or("none", |c| &*c.name);
-        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "fingerprint" => credential.fingerprint().to_owned()).increment(1);
-    }
-    inject::strip_response(resp.headers_mut());
-    let h = resp.headers();
-    if h.contains_key(http::header::LOCATION)
-        || h.contains_key(http::header::CONTENT_LOCATION)
-        || h.contains_key(http::header::LINK)
-    {
-        rewrite_links(snap, api, only.is_some(), host.as_ref(), resp.headers_mut());
-    }
-    let idle = limits.body_idle_timeout;
-    Ok(resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard))))
-}
-
-/// Rebases link headers on API `api`'s origin onto the local address the client used.
-fn rewrite_links(
-    snap: &Snapshot,
-    api: usize,
-    own_listener: bool,
-    host: Option<&HeaderValue>,
-    headers: &mut http::HeaderMap,
-) {
-    let Some(cfg) = snap.config.apis.get(api) else {
-        return;
-    };
-    let origin = format!("{}://{}", cfg.upstream.scheme, cfg.upstream.authority);
-    let scheme = if !own_listener && snap.config.listener.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let fallback = cfg
-        .listen
-        .filter(|_| own_listener)
-        .unwrap_or(snap.config.listener.address)
-        .to_string();
-    let host = host.and_then(|h| h.to_str().ok()).unwrap_or(&fallback);
-    let prefix = match cfg.prefix.as_deref() {
-        Some("/") | None => "",
-        Some(p) => p,
-    };
-    links::rewrite(headers, &origin, &format!("{scheme}://{host}{prefix}"));
+    let at = (principal, api, &**credential, only.is_some(), host.as_ref());
+    Ok(respond::respond(snap, at, resp, guard, caller_guard))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -342,6 +355,21 @@ fn record(
     }
     let principal = out.principal.and_then(|i| snap.config.principals.get(i));
     telemetry::request_duration().record(elapsed);
+    if out.websocket {
+        let result = match (status, error) {
+            (StatusCode::SWITCHING_PROTOCOLS, _) => "upgraded",
+            (_, Some(ProxyError::Upstream(_))) => "upstream_refused",
+            _ if out.upstream_status.is_some() => "upstream_refused",
+            _ => "refused",
+        };
+        let api = out.api.and_then(|a| snap.config.apis.get(a));
+        metrics::counter!(telemetry::WEBSOCKET_SESSIONS_TOTAL,
+            "api" => api.map_or("none", |a| &*a.name).to_owned(),
+            "caller" => principal.map_or("unidentified", |p| &*p.name).to_owned(),
+            "permission" => out.route.map_or("none", |r| &*r.permission).to_owned(),
+            "result" => result)
+        .increment(1);
+    }
     if let Some(e) = error {
         metrics::counter!(telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
         if let ProxyError::Upstream(kind) = e {
@@ -364,6 +392,7 @@ fn record(
         permission = out.route.map(|r| &*r.permission),
         missing_permission = out.route.filter(|r| out.would_deny && !r.granted).map(|r| &*r.permission),
         decision,
+        websocket = out.websocket.then_some(true),
         status = status.as_u16(),
         upstream_status = out.upstream_status.map(|s| s.as_u16()),
         error = error.map(ProxyError::code),

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -25,17 +25,21 @@ use tokio::sync::watch;
 
 use super::io::{Activity, Clocks, IdleEnd, Readiness, Timed};
 use super::stopped;
+use super::upgrade::{Switched, Upgrade};
 
 /// Longest wait for a closing connection's FIN (or TLS close_notify) to be written.
 const CLOSE_WRITE: Duration = Duration::from_secs(1);
 
-/// Serves one accepted (and, for TLS, handshaken) connection until it closes.
+/// Serves one accepted (and, for TLS, handshaken) connection until it closes. After a 101
+/// with an [`Upgrade`], runs the upgrade on the socket until it ends; `closing` tells it
+/// when the drain grace is over.
 pub(super) async fn drive<IO, H, Fut, B>(
     io: IO,
     builder: Arc<http1::Builder>,
     handler: H,
     clocks: Clocks,
     mut stop: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Readiness + Unpin + Send + 'static,
     H: Fn(Request<RequestBody>) -> Fut + Send + 'static,
@@ -46,18 +50,26 @@ pub(super) async fn drive<IO, H, Fut, B>(
 {
     let activity = Arc::new(Activity::new());
     let mut timed = Timed::new(io, activity.clone(), clocks);
+    // Set at most once: the connection ends with the 101 that carried it.
+    let switch = Arc::new(std::sync::OnceLock::<Upgrade>::new());
     let mut service = {
         let activity = activity.clone();
+        let switch = switch.clone();
         service_fn(move |req: Request<Incoming>| {
             let has_body = !req.body().is_end_stream();
             activity.begin(has_body);
             let busy = Busy(activity.clone());
             let watch = has_body.then(|| activity.clone());
             let fut = handler(req.map(|inner| RequestBody { inner, watch }));
+            let switch = switch.clone();
             async move {
                 let Ok(resp) = fut.await;
                 let (mut parts, body) = resp.into_parts();
-                if busy.0.stopping() {
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(upgrade) = parts.extensions.remove::<Upgrade>() {
+                        let _ = switch.set(upgrade);
+                    }
+                } else if busy.0.stopping() {
                     // Draining: this is the connection's last response.
                     parts
                         .headers
@@ -103,6 +115,12 @@ pub(super) async fn drive<IO, H, Fut, B>(
                 return;
             }
         };
+        if let Some(run) = switch.get().and_then(Upgrade::take) {
+            let io = Box::new(parts.io.into_inner().into_io());
+            let early = parts.read_buf;
+            run(Switched { io, early, closing }).await;
+            return;
+        }
         timed = parts.io.into_inner();
         service = parts.service;
         // hyper ends cleanly only when idle with nothing buffered; anything else closes.
@@ -206,7 +224,14 @@ mod tests {
         let handler = |_req: Request<RequestBody>| async {
             Ok::<_, Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
         };
-        let fut = drive(stream, Arc::new(http1::Builder::new()), handler, clocks, rx);
+        let fut = drive(
+            stream,
+            Arc::new(http1::Builder::new()),
+            handler,
+            clocks,
+            rx.clone(),
+            rx,
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size < 1024, "drive's future is {size} bytes");
     }

@@ -155,8 +155,7 @@ pub(super) struct Timed<IO> {
     /// The phase's deadline; the armed timer may be earlier.
     deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Counted in [`WARM_IDLE`].
-    warm: bool,
+    warm: Warm,
     pub(super) ended: Option<IdleEnd>,
 }
 
@@ -173,7 +172,7 @@ impl<IO> Timed<IO> {
             idle_since: now,
             deadline: now,
             timer: None,
-            warm: false,
+            warm: Warm(false),
             ended: None,
         }
     }
@@ -224,7 +223,7 @@ impl<IO> Timed<IO> {
             self.idle_since = now;
             self.dirty |= !self.activity.body_done.load(Ordering::Relaxed);
             let crowded = WARM_IDLE.fetch_add(1, Ordering::Relaxed) >= MAX_WARM_IDLE;
-            self.warm = true;
+            self.warm.0 = true;
             self.arm(if crowded {
                 now
             } else {
@@ -235,9 +234,12 @@ impl<IO> Timed<IO> {
 
     /// No longer an idle connection holding hyper's state.
     fn cool(&mut self) {
-        if std::mem::take(&mut self.warm) {
-            WARM_IDLE.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.warm.cool();
+    }
+
+    /// The socket itself, clocks and all else dropped (a switched connection's tunnel).
+    pub(super) fn into_io(self) -> IO {
+        self.io
     }
 
     fn on_bytes(&mut self) {
@@ -325,7 +327,18 @@ impl<IO> Timed<IO> {
     }
 }
 
-impl<IO> Drop for Timed<IO> {
+/// Counted in [`WARM_IDLE`] while true; uncounted when dropped.
+struct Warm(bool);
+
+impl Warm {
+    fn cool(&mut self) {
+        if std::mem::take(&mut self.0) {
+            WARM_IDLE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Warm {
     fn drop(&mut self) {
         self.cool();
     }

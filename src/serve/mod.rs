@@ -8,6 +8,7 @@
 
 mod conn;
 mod io;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub(crate) use crate::shutdown::stopped;
 pub use conn::RequestBody;
+pub use upgrade::{ClientIo, Switched, Upgrade};
 
 use crate::proxy::caller::Peer;
 
@@ -72,6 +74,8 @@ pub async fn serve<M, H, Fut, B>(
     };
     // Every connection task holds a sender; the drain waits until all are gone.
     let (live, mut all_closed) = mpsc::channel::<()>(1);
+    // Switched connections (tunnels) run until the drain grace is over, then close.
+    let (closing_tx, closing) = watch::channel(false);
     let mut backoff = Duration::from_millis(5);
     loop {
         tokio::select! {
@@ -80,11 +84,12 @@ pub async fn serve<M, H, Fut, B>(
                     backoff = Duration::from_millis(5);
                     let _ = stream.set_nodelay(true);
                     let (builder, stop, live) = (builder.clone(), stop.clone(), live.clone());
+                    let closing = closing.clone();
                     match tls.as_ref().map(|current| current()) {
                         None => {
                             let handler = make(Peer::default());
                             tokio::spawn(async move {
-                                conn::drive(stream, builder, handler, clocks, stop).await;
+                                conn::drive(stream, builder, handler, clocks, stop, closing).await;
                                 drop(live);
                             });
                         }
@@ -114,7 +119,7 @@ pub async fn serve<M, H, Fut, B>(
                                     .and_then(|c| c.first())
                                     .map(|leaf| Arc::from(crate::control::tls::peer_names(leaf)));
                                 let handler = make(Peer { cert_names: names });
-                                conn::drive(tls, builder, handler, clocks, stop).await;
+                                conn::drive(tls, builder, handler, clocks, stop, closing).await;
                                 drop(live);
                             });
                         }
@@ -138,5 +143,8 @@ pub async fn serve<M, H, Fut, B>(
         .is_err()
     {
         tracing::warn!("grace period over; closing connections with requests still in flight");
+        // Tunnels close themselves (FIN to both sides) when told: give them a moment.
+        let _ = closing_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed.recv()).await;
     }
 }

@@ -9,6 +9,7 @@
 
 mod connect;
 mod pool;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub type RequestBody = Either<Watched<crate::serve::RequestBody>, Empty<Bytes>>;
 /// The pooled client for one upstream config.
 pub struct Upstream {
     connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
+    /// HTTP/1.1 only (no ALPN offered, so no server can pick h2): a WebSocket handshake gets
+    /// a fresh connection of its own, never the pooled (possibly HTTP/2) ones.
+    upgrade_connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     pool: Arc<Pool>,
     /// Held while an HTTP/2 connection is being opened: a burst of requests shares one
     /// connect instead of opening a connection each.
@@ -116,11 +120,21 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls.clone());
         let builder = if cfg.allow_plaintext {
             builder.https_or_http()
         } else {
             builder.https_only()
+        };
+        let upgrade_builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+        let upgrade_builder = if cfg.allow_plaintext {
+            upgrade_builder.https_or_http()
+        } else {
+            upgrade_builder.https_only()
+        };
+        let upgrade_connector = TimeoutConnector {
+            inner: upgrade_builder.enable_http1().wrap_connector(http.clone()),
+            timeout: cfg.connect_timeout,
         };
         // The connector sets ALPN from what is enabled here.
         let https = match cfg.protocol {
@@ -142,6 +156,7 @@ impl Upstream {
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(Self {
             connector,
+            upgrade_connector,
             pool: Arc::new(Pool::new(cfg.pool_idle_timeout)),
             h2_connect: tokio::sync::Mutex::new(()),
             origin,

@@ -150,6 +150,7 @@ impl UpstreamBody {
         body
     }
 
+    /// A body whose connection is not pooled (HTTP/2 streams, upgrade handshakes).
     pub(super) fn h2(inner: Incoming) -> Self {
         Self {
             inner,

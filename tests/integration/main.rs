@@ -21,3 +21,4 @@ mod pooling;
 mod proxy;
 mod rotation;
 mod streaming;
+mod websocket;

@@ -1,0 +1,79 @@
+//! The last stage of the request path: an upstream response on its way back. A 401 is
+//! counted against the key that was sent, hop-by-hop headers go, link headers on the API's
+//! origin are rebased onto the address the client used, and the body streams out under
+//! its idle timeout, holding the in-flight and caller slots until it is done.
+
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Either;
+
+use super::body::{InFlightGuard, Watched};
+use super::{ProxyBody, inject, links};
+use crate::control::secret::Credential;
+use crate::control::state::Snapshot;
+use crate::telemetry;
+use crate::upstream::UpstreamBody;
+
+/// Where the response goes: principal, API, the key sent, whether the request came in on
+/// the API's own listener, and the `Host` the client used.
+pub(super) type At<'a> = (usize, usize, &'a Credential, bool, Option<&'a HeaderValue>);
+
+pub(super) fn respond(
+    snap: &Snapshot,
+    (principal, api, credential, own_listener, host): At<'_>,
+    mut resp: Response<UpstreamBody>,
+    guard: InFlightGuard,
+    caller_guard: Option<InFlightGuard>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
+        let slot = snap
+            .config
+            .principals
+            .get(principal)
+            .and_then(|p| p.credentials.get(api).copied().flatten());
+        let named = slot
+            .and_then(|s| snap.config.credentials.get(s))
+            .map_or("none", |c| &*c.name);
+        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "fingerprint" => credential.fingerprint().to_owned()).increment(1);
+    }
+    inject::strip_response(resp.headers_mut());
+    let h = resp.headers();
+    if h.contains_key(http::header::LOCATION)
+        || h.contains_key(http::header::CONTENT_LOCATION)
+        || h.contains_key(http::header::LINK)
+    {
+        rewrite_links(snap, api, own_listener, host, resp.headers_mut());
+    }
+    let idle = snap.config.limits.body_idle_timeout;
+    resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard)))
+}
+
+/// Rebases link headers on API `api`'s origin onto the local address the client used.
+fn rewrite_links(
+    snap: &Snapshot,
+    api: usize,
+    own_listener: bool,
+    host: Option<&HeaderValue>,
+    headers: &mut http::HeaderMap,
+) {
+    let Some(cfg) = snap.config.apis.get(api) else {
+        return;
+    };
+    let origin = format!("{}://{}", cfg.upstream.scheme, cfg.upstream.authority);
+    let scheme = if !own_listener && snap.config.listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let fallback = cfg
+        .listen
+        .filter(|_| own_listener)
+        .unwrap_or(snap.config.listener.address)
+        .to_string();
+    let host = host.and_then(|h| h.to_str().ok()).unwrap_or(&fallback);
+    let prefix = match cfg.prefix.as_deref() {
+        Some("/") | None => "",
+        Some(p) => p,
+    };
+    links::rewrite(headers, &origin, &format!("{scheme}://{host}{prefix}"));
+}

@@ -1,0 +1,59 @@
+//! Handing a client connection over after a `101 Switching Protocols`.
+//!
+//! A handler that accepts a protocol switch answers 101 with an [`Upgrade`] in the
+//! response's extensions. Once hyper has written that 101, the connection driver takes the
+//! raw socket back (hyper's `without_shutdown`: no upgrade machinery, no extra task) and
+//! runs the upgrade's future on it in the connection's own task, so the tunnel counts as a
+//! live connection for the drain. The listener knows nothing of WebSocket.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// The client side of a switched connection.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+/// What an upgrade's future gets once the 101 is on the wire.
+pub struct Switched {
+    pub io: Box<dyn ClientIo>,
+    /// Bytes the client sent after its handshake that hyper had already read: they come
+    /// before anything read from `io`.
+    pub early: Bytes,
+    /// Turns true when the listener's drain grace is over: close now.
+    pub closing: watch::Receiver<bool>,
+}
+
+type Run = Box<dyn FnOnce(Switched) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A response extension: run this on the connection after the 101. (Extensions must be
+/// `Clone`; the future runs at most once. The lock is taken once per upgrade, never on a
+/// plain request.)
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<Run>>>);
+
+impl Upgrade {
+    pub fn new<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(Switched) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let run: Run = Box::new(move |switched| Box::pin(run(switched)));
+        Self(Arc::new(Mutex::new(Some(run))))
+    }
+
+    pub(super) fn take(&self) -> Option<Run> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgrade")
+    }
+}
