@@ -269,7 +269,8 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
             for perm in &granted {
                 writeln!(out, "{indent}  {}", config.qualified(i, perm))?;
                 for route in api.catalogue.iter().filter(|r| r.permission == **perm) {
-                    writeln!(out, "{indent}    {}", route.text)?;
+                    let ws = if route.websocket { "  (websocket)" } else { "" };
+                    writeln!(out, "{indent}    {}{ws}", route.text)?;
                 }
             }
             let mut denied: Vec<&str> = api

@@ -112,9 +112,16 @@ pub fn explain(
         (Verdict::Allow { route, path }, _, Some(api)) => {
             let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let permission = config.qualified(decision.api.unwrap_or(0), &route.permission);
+            let websocket = match (route.websocket, method == Method::GET) {
+                (true, _) => "\n  websocket:  accepted (the route has websocket = true)",
+                (false, true) => {
+                    "\n  websocket:  not accepted: a handshake gets 403 upgrade_not_allowed"
+                }
+                (false, false) => "",
+            };
             writeln!(
                 out,
-                "allowed: {method} {target}\n  permission: {permission}\n  route:      {}\n  forwarded:  {}://{}{path}{query}",
+                "allowed: {method} {target}\n  permission: {permission}\n  route:      {}\n  forwarded:  {}://{}{path}{query}{websocket}",
                 route.pattern, api.upstream.scheme, api.upstream.authority
             )
         }

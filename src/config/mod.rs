@@ -398,7 +398,11 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, "", &e))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        // toml's `Spanned` shows up in the path as a private field: not a key anyone wrote.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let key = if key == "." { String::new() } else { key };
         toml_error(path, text, &key, e.inner())
     })

@@ -140,11 +140,34 @@ pub(crate) struct RawService {
 pub(crate) type RawPermissions = BTreeMap<String, Spanned<Vec<Spanned<RawRoute>>>>;
 
 /// One catalogue route: `"GET /path"`, or a table for a route with options.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum RawRoute {
     Plain(String),
     Table(RawRouteTable),
+}
+
+/// By hand rather than `untagged`, so a bad table says which key is wrong.
+impl<'de> Deserialize<'de> for RawRoute {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawRoute;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a route `METHOD /path` or a table `{ route = \"GET /path\", websocket = true }`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawRoute, E> {
+                Ok(RawRoute::Plain(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRoute, A::Error> {
+                let de = serde::de::value::MapAccessDeserializer::new(map);
+                RawRouteTable::deserialize(de).map(RawRoute::Table)
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -163,6 +163,60 @@ fn limits_and_sizes() {
     assert_eq!(e.key, "limits.max_in_flight");
 }
 
+#[test]
+fn websocket_routes_and_limits() {
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", MINIMAL)).unwrap();
+    assert_eq!(c.limits.websocket_idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.limits.websocket_max_duration, None);
+    assert_eq!(c.limits.max_websockets, 256);
+    assert!(c.apis[0].catalogue.iter().all(|r| !r.websocket));
+    let text = MINIMAL.replace(
+        "\"a:read\" = [\"GET /v1/things/{id}\"]",
+        "\"a:read\" = [\"GET /v1/things/{id}\", { route = \"GET /v1/things/{id}/live\", websocket = true }, { route = \"GET /v1/x\" }]",
+    ) + "\n[limits]\nwebsocket_idle_timeout = \"30s\"\nwebsocket_max_duration = \"1h\"\nmax_websockets = 8\n";
+    let c = Config::load(&write(&d, "s.toml", &text)).unwrap();
+    let ws: Vec<(&str, bool)> = c.apis[0]
+        .catalogue
+        .iter()
+        .map(|r| (&*r.text, r.websocket))
+        .collect();
+    assert_eq!(
+        ws,
+        [
+            ("GET /v1/things/{id}", false),
+            ("GET /v1/things/{id}/live", true),
+            ("GET /v1/x", false),
+            ("POST /v1/things", false)
+        ]
+    );
+    assert_eq!(c.limits.websocket_idle_timeout, Duration::from_secs(30));
+    assert_eq!(
+        c.limits.websocket_max_duration,
+        Some(Duration::from_secs(3600))
+    );
+    assert_eq!(c.limits.max_websockets, 8);
+    // A handshake is a GET; a route table has no other keys.
+    let e = load_err(&MINIMAL.replace(
+        "\"POST /v1/things\"",
+        "{ route = \"POST /v1/things\", websocket = true }",
+    ));
+    assert_eq!(e.key, "permissions.a:write");
+    assert!(e.message.contains("a WebSocket handshake is a GET"), "{e}");
+    let e = load_err(&MINIMAL.replace(
+        "\"POST /v1/things\"",
+        "{ route = \"POST /v1/things\", websockets = true }",
+    ));
+    assert!(e.to_string().contains("unknown field `websockets`"), "{e}");
+    assert_eq!(e.key, "permissions.a:write[0].websockets");
+    let e = load_err(&format!(
+        "{MINIMAL}\n[limits]\nwebsocket_idle_timeout = \"0s\"\n"
+    ));
+    assert_eq!(e.key, "limits.websocket_idle_timeout");
+    let e = load_err(&format!("{MINIMAL}\n[limits]\nmax_websockets = -1\n"));
+    assert_eq!(e.key, "limits.max_websockets");
+}
+
 const TWO_APIS: &str = r#"
 [listener.tls]
 cert_file = "c.pem"

@@ -3,5 +3,6 @@
 
 pub mod reload;
 pub mod secret;
+mod seed;
 pub mod state;
 pub mod tls;

@@ -31,25 +31,6 @@ const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Builds a snapshot from a validated config (policies compiled, upstream client built).
 /// Limiters whose settings did not change carry over from `previous`.
-/// Series known at load exist from the start, at 0, so `rate()` and alerts see the first
-/// event after a change (a key revoked too early: its first 401s).
-fn seed_key_series(config: &Config, credentials: &[Option<Arc<Credential>>]) {
-    for api in &config.apis {
-        for kind in crate::upstream::FailureKind::KINDS {
-            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "api" => api.name.to_string(), "kind" => kind).increment(0);
-        }
-    }
-    for (named, key) in config.credentials.iter().zip(credentials) {
-        let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
-        for result in ["ok", "invalid", "error"] {
-            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
-        }
-        if let Some(key) = key {
-            metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "fingerprint" => key.fingerprint().to_owned()).increment(0);
-        }
-    }
-}
-
 pub fn compose(
     config: Arc<Config>,
     credentials: Arc<[Option<Arc<Credential>>]>,
@@ -92,7 +73,7 @@ pub fn compose(
             }
         })
         .collect();
-    seed_key_series(&config, &credentials);
+    super::seed::key_series(&config, &credentials);
     Ok(Snapshot {
         generation,
         principals,
@@ -348,7 +329,7 @@ impl Reloader {
         let next = if config_changed {
             compose(config, credentials, tls, snap.generation + 1, Some(&snap))
         } else {
-            seed_key_series(&config, &credentials);
+            super::seed::key_series(&config, &credentials);
             Ok(Snapshot {
                 generation: snap.generation + 1,
                 config,

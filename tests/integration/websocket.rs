@@ -506,3 +506,42 @@ async fn tunnels_outlive_the_drain_start_and_close_at_the_grace() {
     );
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_gateway_callers_max_concurrent_counts_its_tunnels() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let token = "skc_ws-gateway-token-for-tests-01";
+    let text = ws_config(&up.url(), "unused", "").replace(
+        "[service]\nname = \"unused\"\nallow = [\"sandbox_sessions:read\", \"sandbox_sessions:exec\"]\n",
+        &format!(
+            "[[caller]]\nname = \"ws-gw\"\ntoken_sha256 = \"{}\"\nallow = [\"sandbox_sessions:exec\"]\nmax_concurrent = 1\n",
+            sidekey::proxy::caller::token_sha256(token)
+        ),
+    );
+    let dir = TempDir::new();
+    dir.write("ca.pem", up.ca.cert_pem());
+    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+    dir.write("secret/api-key", KEY);
+    let p = TestProxy::start_in(dir, &text).await;
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    let path = "/v1/sandboxes/sb_1/terminal";
+    let (mut first, _) = connect(p.addr, path, &auth).await.expect("first tunnel");
+    // The open tunnel holds the caller's only place.
+    let out = raw_handshake(p.addr, path, &format!("Authorization: {bearer}\r\n")).await;
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.seen()[0]["authorization"], format!("Bearer {KEY}"));
+    first.send(Message::Text("hi".into())).await.unwrap();
+    assert!(first.next().await.unwrap().is_ok());
+    first.close(None).await.unwrap();
+    drop(first);
+    assert!(
+        eventually(WAIT, || async {
+            connect(p.addr, path, &auth).await.is_ok()
+        })
+        .await
+    );
+    assert!(eventually(WAIT, || async { open_gauge(&p, "ws-gw").await == 0.0 }).await);
+    p.stop().await;
+}

@@ -1,0 +1,50 @@
+//! Series that start at 0 (Prometheus instrumentation guidance): every label value known
+//! from the config is published before its first event, so `rate()` and alerts see it.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::control::secret::Credential;
+use crate::telemetry;
+
+/// Series known at load exist from the start, at 0, so `rate()` and alerts see the first
+/// event after a change (a key revoked too early: its first 401s).
+pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>]) {
+    for api in &config.apis {
+        for kind in crate::upstream::FailureKind::KINDS {
+            metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "api" => api.name.to_string(), "kind" => kind).increment(0);
+        }
+    }
+    // WebSocket series for each caller and each permission with a websocket route it holds.
+    for p in &config.principals {
+        for (i, api) in config.apis.iter().enumerate() {
+            let granted = |perm: &str| p.grants.iter().any(|(a, g)| *a == i && &**g == perm);
+            let mut perms: Vec<&str> = api
+                .catalogue
+                .iter()
+                .filter(|r| r.websocket && granted(&r.permission))
+                .map(|r| &*r.permission)
+                .collect();
+            perms.dedup();
+            if perms.is_empty() {
+                continue;
+            }
+            let (api, caller) = (api.name.to_string(), p.name.to_string());
+            metrics::gauge!(telemetry::WEBSOCKETS_OPEN, "api" => api.clone(), "caller" => caller.clone()).increment(0.0);
+            for perm in perms {
+                for result in ["upgraded", "refused", "upstream_refused"] {
+                    metrics::counter!(telemetry::WEBSOCKET_SESSIONS_TOTAL, "api" => api.clone(), "caller" => caller.clone(), "permission" => perm.to_owned(), "result" => result).increment(0);
+                }
+            }
+        }
+    }
+    for (named, key) in config.credentials.iter().zip(credentials) {
+        let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+        for result in ["ok", "invalid", "error"] {
+            metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
+        }
+        if let Some(key) = key {
+            metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "fingerprint" => key.fingerprint().to_owned()).increment(0);
+        }
+    }
+}
