@@ -195,7 +195,7 @@ impl App {
             proxy,
             move |peer: caller::Peer| {
                 let shared = proxy_shared.clone();
-                move |req| proxy::handle(shared.clone(), peer.clone(), None, req)
+                move |req| proxy::handle(shared.clone(), peer.clone(), proxy::Via::Shared, req)
             },
             tls,
             opts,
@@ -212,7 +212,8 @@ impl App {
                     move |peer: caller::Peer| {
                         let (shared, name) = (shared.clone(), name.clone());
                         move |req| {
-                            proxy::handle(shared.clone(), peer.clone(), Some(name.clone()), req)
+                            let via = proxy::Via::Listener(name.clone());
+                            proxy::handle(shared.clone(), peer.clone(), via, req)
                         }
                     },
                     None,

@@ -39,6 +39,20 @@ pub const CREDENTIAL_LAST_RELOAD: &str = "sidekey_credential_last_reload_timesta
 pub const READY: &str = "sidekey_ready";
 /// Generation of the published snapshot.
 pub const SNAPSHOT_GENERATION: &str = "sidekey_snapshot_generation";
+/// Forward proxy: CONNECT and absolute-form requests decided, by `decision` (intercept,
+/// tunnel, deny).
+pub const FORWARD_CONNECT_TOTAL: &str = "sidekey_forward_connect_total";
+/// Forward proxy: intercepted TLS handshakes that failed, by `reason` (sni_mismatch,
+/// handshake).
+pub const FORWARD_TLS_FAILURES_TOTAL: &str = "sidekey_forward_tls_failures_total";
+/// Forward proxy: inner requests whose `Host`/`:authority` was not the CONNECT host.
+pub const FORWARD_AUTHORITY_MISMATCH_TOTAL: &str = "sidekey_forward_authority_mismatch_total";
+/// Forward proxy: leaf certificates minted.
+pub const LEAF_CERTS_MINTED_TOTAL: &str = "sidekey_leaf_certs_minted_total";
+/// Gauge: blind forward-proxy tunnels open now.
+pub const TUNNELS_ACTIVE: &str = "sidekey_tunnels_active";
+/// Gauge: the interception CA's notAfter, Unix seconds.
+pub const CA_NOT_AFTER_SECONDS: &str = "sidekey_ca_not_after_seconds";
 /// Gauge: WebSocket tunnels open now, by `api` and `caller`.
 pub const WEBSOCKETS_OPEN: &str = "sidekey_websockets_open";
 /// WebSocket handshakes decided: `api`, `caller`, `permission`, `result` (upgraded,

@@ -167,6 +167,8 @@ pub(super) fn named(
             pool_idle_timeout: api.pool_idle_timeout,
             protocol: api.protocol,
             allow_plaintext_upstream: api.allow_plaintext_upstream,
+            connect_to: api.connect_to,
+            placeholder_env: api.placeholder_env,
         };
         let upstream = upstream(ctx, &table, up)?;
         let file = files.remove(&name);

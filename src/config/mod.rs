@@ -3,6 +3,7 @@
 //! so `sidekey check` output can be acted on without reading the source.
 
 mod apis;
+mod forward;
 mod gateway;
 mod raw;
 mod sections;
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::policy::RouteSpec;
+pub use forward::{CaFiles, ForwardProxy, UnknownHosts, api_key, normalise_host};
 
 /// A validated configuration. Built only by [`Config::load`].
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[[test]]` expectations, run by `sidekey check`.
     pub tests: Vec<PolicyTest>,
+    /// `[forward_proxy]`: the `HTTPS_PROXY` listener.
+    pub forward_proxy: Option<ForwardProxy>,
 }
 
 /// A named key source.
@@ -205,6 +209,10 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     pub protocol: Protocol,
     pub allow_plaintext: bool,
+    /// Dial here instead of resolving the URL's host; TLS is verified for the host.
+    pub connect_to: Option<std::net::SocketAddr>,
+    /// `sidekey exec` sets this variable to a placeholder (never the key).
+    pub placeholder_env: Option<String>,
 }
 
 /// HTTP version(s) offered to the upstream (ALPN).
@@ -375,6 +383,10 @@ impl Config {
             if let CredentialSource::File(f) = &c.config.source {
                 files.push(f.clone());
             }
+        }
+        if let Some(ca) = self.forward_proxy.as_ref().and_then(|f| f.ca.as_ref()) {
+            files.push(ca.cert.clone());
+            files.push(ca.key.clone());
         }
         if let Some(tls) = &self.listener.tls {
             files.push(tls.cert_file.clone());

@@ -33,6 +33,19 @@ pub(crate) struct RawConfig {
     /// Several APIs: `[api.NAME]` tables (instead of `[upstream]` + `[credential]`).
     #[serde(default)]
     pub api: BTreeMap<String, Spanned<RawApi>>,
+    /// The forward-proxy listener (`HTTPS_PROXY`).
+    pub forward_proxy: Option<Spanned<RawForwardProxy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawForwardProxy {
+    pub address: Option<Spanned<String>>,
+    pub ca_cert_file: Option<Spanned<String>>,
+    pub ca_key_file: Option<Spanned<String>>,
+    pub unknown_hosts: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tunnel: Vec<Spanned<String>>,
 }
 
 /// One named API: its origin (every `[upstream]` setting), where it is reached locally,
@@ -53,6 +66,8 @@ pub(crate) struct RawApi {
     pub protocol: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_plaintext_upstream: bool,
+    pub connect_to: Option<Spanned<String>>,
+    pub placeholder_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +129,10 @@ pub(crate) struct RawUpstream {
     pub protocol: Option<Spanned<String>>,
     #[serde(default)]
     pub allow_plaintext_upstream: bool,
+    /// Dial this address instead of the URL's host (TLS is still verified for the host).
+    pub connect_to: Option<Spanned<String>>,
+    /// `sidekey exec`: a variable set to a placeholder so SDKs that insist on a key start.
+    pub placeholder_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -218,7 +218,37 @@ pub(super) fn upstream(
             "90s",
         )?,
         allow_plaintext: up.allow_plaintext_upstream,
+        connect_to: match &up.connect_to {
+            None => None,
+            Some(v) => match v.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    return ctx.err(
+                        &k("connect_to"),
+                        Some(v.span()),
+                        format!("`{}` is not an address like 127.0.0.1:4443", v.get_ref()),
+                    );
+                }
+            },
+        },
+        placeholder_env: match &up.placeholder_env {
+            None => None,
+            Some(v) if valid_env_name(v.get_ref()) => Some(v.get_ref().clone()),
+            Some(v) => {
+                return ctx.err(
+                    &k("placeholder_env"),
+                    Some(v.span()),
+                    "must be an environment variable name (letters, digits, `_`)",
+                );
+            }
+        },
     })
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A key source (`[credential]`, or a caller's own, named by `key`).

@@ -1,6 +1,7 @@
 //! The writers, off the request path: the snapshot state the request path reads once per
 //! request, the reload task that rebuilds it, key material and the gateway listener's TLS.
 
+pub mod ca;
 pub mod reload;
 pub mod secret;
 mod seed;

@@ -35,6 +35,11 @@ pub enum ProxyError {
     UpgradeNotAllowed,
     /// `limits.max_websockets` tunnels are open.
     TooManyWebSockets,
+    /// Forward proxy: the CONNECT or absolute-form target is no configured API (and not a
+    /// listed tunnel); reason says why.
+    HostNotAllowed(&'static str),
+    /// Forward proxy: an inner request's `Host`/`:authority` is not the CONNECT host.
+    AuthorityMismatch,
 }
 
 impl ProxyError {
@@ -66,11 +71,13 @@ impl ProxyError {
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::AuthorityMismatch => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 15] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -84,6 +91,8 @@ impl ProxyError {
         "caller_unauthenticated",
         "rate_limited",
         "upgrade_not_allowed",
+        "host_not_allowed",
+        "authority_mismatch",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -102,6 +111,8 @@ impl ProxyError {
             Self::CallerUnauthenticated(_) => "caller_unauthenticated",
             Self::RateLimited(_) => "rate_limited",
             Self::UpgradeNotAllowed => "upgrade_not_allowed",
+            Self::HostNotAllowed(_) => "host_not_allowed",
+            Self::AuthorityMismatch => "authority_mismatch",
         }
     }
 
@@ -112,11 +123,13 @@ impl ProxyError {
             | Self::PermissionDenied(_)
             | Self::CallerUnauthenticated(_)
             | Self::RateLimited(_)
-            | Self::UpgradeNotAllowed => "deny",
+            | Self::UpgradeNotAllowed
+            | Self::HostNotAllowed(_) => "deny",
             Self::InvalidRequest(_)
             | Self::MethodNotAllowed
             | Self::UriTooLong
-            | Self::PayloadTooLarge => "reject",
+            | Self::PayloadTooLarge
+            | Self::AuthorityMismatch => "reject",
             Self::CredentialUnavailable
             | Self::Overloaded
             | Self::TooManyWebSockets
@@ -142,6 +155,8 @@ impl ProxyError {
             Self::RateLimited(_) => "this caller is over its rate or concurrency limit; retry after the retry-after seconds".into(),
             Self::UpgradeNotAllowed => "this route does not accept WebSocket upgrades (the catalogue route needs `websocket = true`); nothing was sent upstream".into(),
             Self::TooManyWebSockets => "too many WebSocket tunnels are open (limits.max_websockets); retry shortly".into(),
+            Self::HostNotAllowed(reason) => format!("this forward proxy only reaches its configured APIs ({reason}); nothing was sent"),
+            Self::AuthorityMismatch => "the request's Host (or :authority) is not the host this tunnel was opened for; nothing was sent upstream".into(),
         }
     }
 
@@ -155,7 +170,10 @@ impl ProxyError {
         if let Self::PermissionDenied(p) = self {
             error["permission"] = serde_json::Value::from(&**p);
         }
-        if let Self::InvalidRequest(reason) | Self::CallerUnauthenticated(reason) = self {
+        if let Self::InvalidRequest(reason)
+        | Self::CallerUnauthenticated(reason)
+        | Self::HostNotAllowed(reason) = self
+        {
             error["reason"] = serde_json::Value::from(*reason);
         }
         let body = serde_json::json!({ "error": error }).to_string();
@@ -171,7 +189,10 @@ impl ProxyError {
         h.insert("x-request-id", request_id.clone());
         // After a malformed request the connection's framing is suspect: close it rather
         // than read what follows as another request.
-        if matches!(self, Self::InvalidRequest(_) | Self::PayloadTooLarge) {
+        if matches!(
+            self,
+            Self::InvalidRequest(_) | Self::PayloadTooLarge | Self::AuthorityMismatch
+        ) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
@@ -219,6 +240,8 @@ mod tests {
             ProxyError::RateLimited(1),
             ProxyError::UpgradeNotAllowed,
             ProxyError::TooManyWebSockets,
+            ProxyError::HostNotAllowed("x"),
+            ProxyError::AuthorityMismatch,
         ];
         all.extend(kinds.iter().map(|k| ProxyError::Upstream(*k)));
         for e in &all {

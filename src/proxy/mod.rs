@@ -12,6 +12,7 @@ pub mod limit;
 mod links;
 mod request_id;
 mod respond;
+pub mod splice;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -54,12 +55,23 @@ struct Outcome<'s> {
     websocket: bool,
 }
 
-/// Serves one request. Never fails: errors become JSON responses. `only`: the request came
-/// in on that API's own listener and may reach that API only.
+/// Where a request came in, which decides the APIs it may reach.
+#[derive(Clone, Debug)]
+pub enum Via {
+    /// The shared listener: routed by path prefix.
+    Shared,
+    /// That API's own listener: that API only (its prefix, if any, still applies).
+    Listener(Arc<str>),
+    /// The forward proxy, intercepted for that API: its own paths, no prefix, and link
+    /// headers left as they are (the client talks to the real origin).
+    Forward(Arc<str>),
+}
+
+/// Serves one request. Never fails: errors become JSON responses.
 pub async fn handle(
     shared: Arc<Shared>,
     peer: Peer,
-    only: Option<Arc<str>>,
+    via: Via,
     req: Request<crate::serve::RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -83,9 +95,8 @@ pub async fn handle(
             outcome.principal = Some(i);
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
                 Some(guard) => {
-                    let only = only.as_deref();
                     let tunnels = &shared.websockets;
-                    let fwd = (start, &*snap, i, only, tunnels);
+                    let fwd = (start, &*snap, i, &via, tunnels);
                     forward(fwd, req, &request_id, guard, &mut outcome).await
                 }
                 None => Err(ProxyError::Overloaded),
@@ -114,18 +125,18 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// When the request arrived, the snapshot, the principal, the API of the listener it came in
-/// on, and the open-tunnel count.
+/// When the request arrived, the snapshot, the principal, where it came in, and the
+/// open-tunnel count.
 type Context<'s, 'a> = (
     Instant,
     &'s Snapshot,
     usize,
-    Option<&'a str>,
+    &'a Via,
     &'a std::sync::Arc<std::sync::atomic::AtomicUsize>,
 );
 
 async fn forward<'s>(
-    (started, snap, principal, only, tunnels): Context<'s, '_>,
+    (started, snap, principal, via, tunnels): Context<'s, '_>,
     req: Request<crate::serve::RequestBody>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
@@ -145,14 +156,25 @@ async fn forward<'s>(
     if let Ask::Invalid(reason) = ask {
         return Err(ProxyError::InvalidRequest(reason));
     }
-    // A request on an API's own listener may reach that API only (its prefix still applies).
-    let only = match only {
-        None => None,
-        Some(name) => {
-            let i = snap.config.apis.iter().position(|a| &*a.name == name);
-            let i = i.ok_or(ProxyError::RouteNotAllowed)?;
+    // A request on an API's own listener may reach that API only (its prefix still applies);
+    // one through the forward proxy, that API at its own paths.
+    let find = |name: &str| {
+        let i = snap.config.apis.iter().position(|a| &*a.name == name);
+        i.ok_or(ProxyError::RouteNotAllowed)
+    };
+    let only = match via {
+        Via::Shared => None,
+        Via::Listener(name) => {
+            let i = find(name)?;
             Some((i, snap.config.apis.get(i).and_then(|a| a.prefix.as_deref())))
         }
+        Via::Forward(name) => Some((find(name)?, None)),
+    };
+    // Link headers: rebased onto the shared listener, the API's own, or left alone.
+    let links = match via {
+        Via::Shared => Some(false),
+        Via::Listener(_) => Some(true),
+        Via::Forward(_) => None,
     };
     let decision = decide(
         &snap.router,
@@ -260,7 +282,7 @@ async fn forward<'s>(
         out.upstream_status = Some(resp.status());
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Refused: passed back as a normal response (the connection is not reused).
-            let at = (principal, api, &**credential, only.is_some(), host.as_ref());
+            let at = (principal, api, &**credential, links, host.as_ref());
             return Ok(respond::respond(snap, at, resp, guard, caller_guard));
         }
         let tunnel = websocket::tunnel::Tunnel {
@@ -314,7 +336,7 @@ async fn forward<'s>(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
     }
-    let at = (principal, api, &**credential, only.is_some(), host.as_ref());
+    let at = (principal, api, &**credential, links, host.as_ref());
     Ok(respond::respond(snap, at, resp, guard, caller_guard))
 }
 

@@ -13,9 +13,15 @@ use crate::control::state::Snapshot;
 use crate::telemetry;
 use crate::upstream::UpstreamBody;
 
-/// Where the response goes: principal, API, the key sent, whether the request came in on
-/// the API's own listener, and the `Host` the client used.
-pub(super) type At<'a> = (usize, usize, &'a Credential, bool, Option<&'a HeaderValue>);
+/// Where the response goes: principal, API, the key sent, how link headers are rebased
+/// (`Some(own_listener)`; `None`: left alone), and the `Host` the client used.
+pub(super) type At<'a> = (
+    usize,
+    usize,
+    &'a Credential,
+    Option<bool>,
+    Option<&'a HeaderValue>,
+);
 
 pub(super) fn respond(
     snap: &Snapshot,
@@ -38,11 +44,12 @@ pub(super) fn respond(
     }
     inject::strip_response(resp.headers_mut());
     let h = resp.headers();
-    if h.contains_key(http::header::LOCATION)
+    let linked = h.contains_key(http::header::LOCATION)
         || h.contains_key(http::header::CONTENT_LOCATION)
-        || h.contains_key(http::header::LINK)
-    {
-        rewrite_links(snap, api, own_listener, host, resp.headers_mut());
+        || h.contains_key(http::header::LINK);
+    match own_listener {
+        Some(own) if linked => rewrite_links(snap, api, own, host, resp.headers_mut()),
+        _ => {}
     }
     let idle = snap.config.limits.body_idle_timeout;
     resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard)))

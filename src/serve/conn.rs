@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -65,10 +65,9 @@ pub(super) async fn drive<IO, H, Fut, B>(
             async move {
                 let Ok(resp) = fut.await;
                 let (mut parts, body) = resp.into_parts();
-                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(upgrade) = parts.extensions.remove::<Upgrade>() {
-                        let _ = switch.set(upgrade);
-                    }
+                // A 101, or a 2xx to CONNECT: hyper hands the socket back after it.
+                if let Some(upgrade) = parts.extensions.remove::<Upgrade>() {
+                    let _ = switch.set(upgrade);
                 } else if busy.0.stopping() {
                     // Draining: this is the connection's last response.
                     parts
@@ -145,6 +144,13 @@ impl Drop for Busy {
 pub struct RequestBody {
     inner: Incoming,
     watch: Option<Arc<Activity>>,
+}
+
+impl RequestBody {
+    /// A body from a connection this driver does not run (one inside a forward-proxy tunnel).
+    pub fn detached(inner: Incoming) -> Self {
+        Self { inner, watch: None }
+    }
 }
 
 impl Body for RequestBody {

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub(crate) use crate::shutdown::stopped;
 pub use conn::RequestBody;
-pub use upgrade::{ClientIo, Switched, Upgrade};
+pub use upgrade::{ClientIo, Prefixed, Switched, Upgrade};
 
 use crate::proxy::caller::Peer;
 

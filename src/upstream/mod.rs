@@ -45,8 +45,11 @@ pub struct Upstream {
     /// Held while an HTTP/2 connection is being opened: a burst of requests shares one
     /// connect instead of opening a connection each.
     h2_connect: tokio::sync::Mutex<()>,
-    /// `scheme://authority`: where every connection goes.
+    /// `scheme://authority`: the origin requests name (h2 `:authority`).
     origin: Uri,
+    /// Where connections are dialled: the origin, or `connect_to` (TLS is verified for the
+    /// origin's host either way).
+    dial: Uri,
     /// `Host` for HTTP/1.1 requests.
     host: HeaderValue,
     protocol: Protocol,
@@ -120,18 +123,33 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = HttpsConnectorBuilder::new().with_tls_config(tls.clone());
-        let builder = if cfg.allow_plaintext {
-            builder.https_or_http()
-        } else {
-            builder.https_only()
+        // `connect_to`: dial that address, still verify (and send SNI for) the URL's host.
+        let server_name = match cfg.connect_to {
+            None => None,
+            Some(_) => {
+                let host = cfg.authority.host().trim_matches(['[', ']']).to_owned();
+                Some(
+                    rustls_pki_types::ServerName::try_from(host)
+                        .map_err(|e| rustls::Error::General(e.to_string()))?,
+                )
+            }
         };
-        let upgrade_builder = HttpsConnectorBuilder::new().with_tls_config(tls);
-        let upgrade_builder = if cfg.allow_plaintext {
-            upgrade_builder.https_or_http()
-        } else {
-            upgrade_builder.https_only()
+        let start = |tls: rustls::ClientConfig| {
+            let b = HttpsConnectorBuilder::new().with_tls_config(tls);
+            let b = if cfg.allow_plaintext {
+                b.https_or_http()
+            } else {
+                b.https_only()
+            };
+            match &server_name {
+                Some(name) => b.with_server_name_resolver(
+                    hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                ),
+                None => b,
+            }
         };
+        let builder = start(tls.clone());
+        let upgrade_builder = start(tls);
         let upgrade_connector = TimeoutConnector {
             inner: upgrade_builder.enable_http1().wrap_connector(http.clone()),
             timeout: cfg.connect_timeout,
@@ -152,11 +170,21 @@ impl Upstream {
             .path_and_query("/")
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let dial = match cfg.connect_to {
+            None => origin.clone(),
+            Some(addr) => Uri::builder()
+                .scheme(cfg.scheme.clone())
+                .authority(addr.to_string())
+                .path_and_query("/")
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+        };
         let host = HeaderValue::from_str(cfg.authority.as_str())
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(Self {
             connector,
             upgrade_connector,
+            dial,
             pool: Arc::new(Pool::new(cfg.pool_idle_timeout)),
             h2_connect: tokio::sync::Mutex::new(()),
             origin,
@@ -273,7 +301,7 @@ impl Upstream {
         };
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(self.origin.clone()).await?;
+        let io = connector.call(self.dial.clone()).await?;
         if self.protocol == Protocol::Http2 || io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

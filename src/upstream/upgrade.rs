@@ -32,7 +32,7 @@ impl Upstream {
                 .await
                 .map_err(|e| classify_connect(&*e))?;
             let io = connector
-                .call(self.origin.clone())
+                .call(self.dial.clone())
                 .await
                 .map_err(|e| classify_connect(&*e))?;
             let (mut tx, conn) = http1::Builder::new()
