@@ -64,12 +64,23 @@ pub struct App {
     admin: TcpListener,
     /// APIs with their own `listen` address: name and listener.
     apis: Vec<(Arc<str>, TcpListener)>,
+    /// `[forward_proxy]`: its listener and state.
+    forward: Option<(TcpListener, Arc<proxy::forward::Forward>)>,
 }
 
 impl App {
     /// Loads the key (a missing key is not fatal: we start not-ready), builds the first
     /// snapshot and binds both listeners.
     pub async fn bind(config: Config) -> Result<Self, AppError> {
+        Self::bind_with_ca(config, None).await
+    }
+
+    /// The same, with the forward proxy's CA given (`sidekey exec`'s ephemeral one) instead
+    /// of read from `forward_proxy.ca_cert_file`/`ca_key_file`.
+    pub async fn bind_with_ca(
+        config: Config,
+        ca: Option<control::ca::InterceptCa>,
+    ) -> Result<Self, AppError> {
         telemetry::metrics();
         seed_series();
         if config.service.mode == config::Mode::Report {
@@ -135,12 +146,55 @@ impl App {
                 apis.push((api.name.clone(), listener));
             }
         }
+        let forward = match &config.forward_proxy {
+            None => None,
+            Some(fp) => {
+                let ca = match (ca, &fp.ca) {
+                    (Some(ca), _) => ca,
+                    (None, Some(files)) => {
+                        control::ca::InterceptCa::load(files).map_err(|message| ConfigError {
+                            file: config.path.clone(),
+                            line: None,
+                            key: "forward_proxy.ca_key_file".into(),
+                            message,
+                        })?
+                    }
+                    (None, None) => {
+                        return Err(AppError::Config(ConfigError {
+                            file: config.path.clone(),
+                            line: None,
+                            key: "forward_proxy".into(),
+                            message: "needs ca_cert_file and ca_key_file (`sidekey ca init`), or run under `sidekey exec`".into(),
+                        }));
+                    }
+                };
+                warn_outside_ca(&config, &ca);
+                let listener = bind("forward proxy", fp.address).await?;
+                if let Ok(bound) = listener.local_addr() {
+                    tracing::info!(forward_proxy = %bound, ca = &*ca.fingerprint, "forward proxy bound");
+                }
+                Some((listener, proxy::forward::Forward::new(shared.clone(), ca)))
+            }
+        };
         Ok(Self {
             shared,
             proxy,
             admin,
             apis,
+            forward,
         })
+    }
+
+    /// The bound address of the forward-proxy listener.
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The forward proxy's CA certificate (PEM), for the clients to trust.
+    pub fn forward_ca_pem(&self) -> Option<String> {
+        self.forward
+            .as_ref()
+            .map(|(_, f)| f.ca().cert_pem().to_owned())
     }
 
     /// The bound address of API `name`'s own listener.
@@ -177,6 +231,7 @@ impl App {
             proxy,
             admin,
             apis,
+            forward,
         } = self;
         let runtime = shared.load().config.runtime.clone();
         let opts = ServeOptions {
@@ -223,6 +278,20 @@ impl App {
                 ))
             })
             .collect();
+        let forward_task = forward.map(|(listener, fwd)| {
+            tokio::spawn(fwd.clone().watch_ca(stop_rx.clone()));
+            tokio::spawn(serve::serve(
+                listener,
+                move |_peer: caller::Peer| {
+                    let fwd = fwd.clone();
+                    move |req| proxy::forward::handle(fwd.clone(), req)
+                },
+                None,
+                opts,
+                stop_rx.clone(),
+                drain_rx.clone(),
+            ))
+        });
         let admin_shared = shared.clone();
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(serve::serve(
@@ -265,6 +334,9 @@ impl App {
         for task in api_tasks {
             let _ = task.await;
         }
+        if let Some(task) = forward_task {
+            let _ = task.await;
+        }
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         let _ = reload_task.await;
@@ -288,6 +360,24 @@ fn seed_series() {
     }
     for result in ["ok", "invalid"] {
         metrics::counter!(telemetry::TLS_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// A name-constrained CA that does not cover a configured API host cannot intercept it.
+fn warn_outside_ca(config: &Config, ca: &control::ca::InterceptCa) {
+    let Some(permitted) = ca.permitted() else {
+        return;
+    };
+    for api in &config.apis {
+        if let Some((host, _)) = config::api_key(api) {
+            if !control::ca::permits(&permitted, &host) {
+                tracing::warn!(
+                    api = &*api.name,
+                    host,
+                    "the interception CA's name constraints do not cover this host: clients will reject its leaf; re-issue the CA with `sidekey ca init`"
+                );
+            }
+        }
     }
 }
 

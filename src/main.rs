@@ -145,6 +145,47 @@ enum Command {
     /// Run a mock Banata API and sidekey in front of it, on loopback, with curl examples.
     #[command(after_help = "Example:\n  cargo run --release -- demo")]
     Demo,
+    /// The forward proxy's interception CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Print the variables a program needs to use the forward proxy.
+    #[command(after_help = "Example:\n  eval \"$(sidekey env --config sidekey.toml)\"")]
+    Env {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "sh")]
+        shell: sidekey::cli::forward::Shell,
+    },
+    /// Run one command behind a forward proxy with an ephemeral CA; exits with its status.
+    #[command(after_help = "Example:\n  sidekey exec --config sidekey.toml -- python3 script.py")]
+    Exec {
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Write a new CA (`ca.crt` 0644, `ca.key` 0600, `bundle.pem`) into DIR; never overwrites.
+    #[command(
+        after_help = "Example:\n  sidekey ca init --dir /etc/sidekey/ca --config /etc/sidekey/sidekey.toml"
+    )]
+    Init {
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        /// Name-constrain the CA to this config's API hosts.
+        #[arg(long, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Another host the CA may sign for (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +283,36 @@ fn main() -> ExitCode {
             inject(&file, &opts)
         }
         Command::Demo => demo(),
+        Command::Ca(CaCommand::Init {
+            dir,
+            config,
+            hosts,
+            days,
+        }) => sidekey::cli::forward::ca_init(
+            &dir,
+            config.as_deref(),
+            &hosts,
+            days,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Env { config, shell } => sidekey::cli::forward::env(
+            &config,
+            shell,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Exec { config, command } => match runtime(1) {
+            Ok(rt) => rt.block_on(sidekey::cli::forward::exec(
+                &config,
+                &command,
+                &mut std::io::stderr(),
+            )),
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -3,6 +3,7 @@
 
 mod check;
 pub mod demo;
+pub mod forward;
 pub mod init;
 pub mod kube;
 pub mod suggest;

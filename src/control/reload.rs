@@ -403,6 +403,10 @@ fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
         Some("listener.tls")
     } else if own_listeners(old) != own_listeners(new) {
         Some("api.*.listen")
+    } else if old.forward_proxy.as_ref().map(|f| f.address)
+        != new.forward_proxy.as_ref().map(|f| f.address)
+    {
+        Some("forward_proxy.address")
     } else {
         None
     }

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod caller;
 mod error;
+pub mod forward;
 pub mod inject;
 pub mod limit;
 mod links;

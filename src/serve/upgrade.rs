@@ -107,6 +107,14 @@ impl Upgrade {
     pub(super) fn take(&self) -> Option<Run> {
         self.0.lock().ok()?.take()
     }
+
+    /// Runs the upgrade on a switched connection (a connection this driver does not own:
+    /// one inside a forward-proxy tunnel).
+    pub async fn run(self, switched: Switched) {
+        if let Some(run) = self.take() {
+            run(switched).await;
+        }
+    }
 }
 
 impl std::fmt::Debug for Upgrade {

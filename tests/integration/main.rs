@@ -13,6 +13,7 @@ mod confidentiality;
 mod connections;
 mod desync;
 mod faults;
+mod forward;
 mod gateway;
 mod h2_faults;
 mod least_privilege;

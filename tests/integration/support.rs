@@ -121,6 +121,8 @@ pub struct TestProxy {
     pub admin: SocketAddr,
     /// APIs with their own listener: name -> bound address.
     pub apis: Vec<(String, SocketAddr)>,
+    /// The forward-proxy listener, when the config has one.
+    pub forward: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -143,6 +145,7 @@ impl TestProxy {
         let api_names: Vec<String> = config.apis.iter().map(|a| a.name.to_string()).collect();
         let app = App::bind(config).await.unwrap();
         let (addr, admin) = (app.proxy_addr(), app.admin_addr());
+        let forward = app.forward_addr();
         let apis = api_names
             .into_iter()
             .filter_map(|n| Some((app.api_addr(&n)?, n)).map(|(a, n)| (n, a)))
@@ -156,6 +159,7 @@ impl TestProxy {
             addr,
             admin,
             apis,
+            forward,
             stop: Some(tx),
             task: Some(task),
         }
