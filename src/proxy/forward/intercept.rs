@@ -70,12 +70,9 @@ pub(super) async fn run(
 ) {
     let (io, mut closing) = switched.into_io();
     let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let start = match tokio::time::timeout(handshake, accept).await {
-        Ok(Ok(start)) => start,
-        _ => {
-            tls_failure("handshake");
-            return;
-        }
+    let Ok(Ok(start)) = tokio::time::timeout(handshake, accept).await else {
+        tls_failure("handshake");
+        return;
     };
     let sni = start.client_hello().server_name().and_then(normalise_host);
     if sni.as_deref() != Some(host.as_str()) {
@@ -94,12 +91,9 @@ pub(super) async fn run(
             return;
         }
     };
-    let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
-        Ok(Ok(tls)) => tls,
-        _ => {
-            tls_failure("handshake");
-            return;
-        }
+    let Ok(Ok(tls)) = tokio::time::timeout(handshake, start.into_stream(config)).await else {
+        tls_failure("handshake");
+        return;
     };
     let clock = Arc::new(Idle {
         start: Instant::now(),
