@@ -26,8 +26,8 @@ KEYS = {"openai": "sk-openai-real-0001", "anthropic": "sk-ant-real-0002", "githu
 CALLER_JUNK = "caller-holds-no-key"
 
 
-def mint(dirname):
-    """A CA and a leaf for localhost/127.0.0.1, written as PEM files."""
+def mint(dirname, names=("localhost",)):
+    """A CA and a leaf for `names` (and 127.0.0.1), written as PEM files."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clients test CA")])
@@ -50,7 +50,7 @@ def mint(dirname):
 
     leaf = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -58,7 +58,7 @@ def mint(dirname):
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             ),
             critical=False,
         )
