@@ -228,6 +228,9 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
             writeln!(out, "upstream {}", api.upstream.url)?;
         }
     }
+    if let Some(fp) = &config.forward_proxy {
+        print_forward(config, fp, out)?;
+    }
     for p in &config.principals {
         if config.gateway {
             writeln!(out, "caller {} ({})", p.name, identity(&p.identity))?;
@@ -293,4 +296,68 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "unidentified callers: 401 caller_unauthenticated")?;
     }
     writeln!(out, "everything else: 403 route_not_allowed")
+}
+
+/// The forward proxy: what it intercepts, what it tunnels, and whether the CA covers every
+/// intercepted host.
+fn print_forward(
+    config: &Config,
+    fp: &crate::config::ForwardProxy,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    writeln!(out, "forward proxy {}", fp.address)?;
+    for api in &config.apis {
+        if let Some((host, port)) = crate::config::api_key(api) {
+            writeln!(out, "  intercepts {host}:{port} (api {})", api.name)?;
+        }
+    }
+    match fp.unknown_hosts {
+        crate::config::UnknownHosts::Deny => {
+            writeln!(out, "  any other host: 403 host_not_allowed")?;
+        }
+        crate::config::UnknownHosts::Tunnel => {
+            let list: Vec<String> = fp.tunnel.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            writeln!(
+                out,
+                "  tunnels blind (no key, no policy): {}",
+                list.join(", ")
+            )?;
+            writeln!(out, "  any other host: 403 host_not_allowed")?;
+        }
+    }
+    let Some(files) = &fp.ca else {
+        return writeln!(
+            out,
+            "  CA: none configured (only `sidekey exec` can run this)"
+        );
+    };
+    match crate::control::ca::InterceptCa::load(files) {
+        Err(e) => writeln!(out, "  CA: {e}"),
+        Ok(ca) => {
+            writeln!(
+                out,
+                "  CA {} (fingerprint {}), not after {}",
+                files.cert.display(),
+                ca.fingerprint,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(ca.not_after)
+                )
+            )?;
+            if let Some(permitted) = ca.permitted() {
+                for api in &config.apis {
+                    if let Some((host, _)) = crate::config::api_key(api) {
+                        if !crate::control::ca::permits(&permitted, &host) {
+                            writeln!(
+                                out,
+                                "  warning: {host} is outside the CA's name constraints ({}): clients will reject its leaf; make a new CA with `sidekey ca init --config {}`",
+                                permitted.join(", "),
+                                config.path.display()
+                            )?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
 }

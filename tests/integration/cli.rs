@@ -262,3 +262,78 @@ fn init_sets_up_several_apis() {
     assert_eq!(code, 64);
     assert!(err.contains("no catalogue ships for `nope`"), "{err}");
 }
+
+#[test]
+fn ca_init_env_and_check_for_the_forward_proxy() {
+    let dir = TempDir::new();
+    dir.write("k", "sk_x");
+    let cfg = dir.write(
+        "s.toml",
+        "[forward_proxy]\nca_cert_file = \"ca/ca.crt\"\nca_key_file = \"ca/ca.key\"\n[api.openai]\nurl = \"https://api.openai.com\"\npath_prefix = \"/openai\"\ncredential = { file = \"k\" }\npermissions = { \"models\" = [\"GET /v1/models\"] }\n[service]\nname = \"s\"\nallow = [\"openai/models\"]\n",
+    );
+    let ca = dir.path().join("ca");
+    let (code, out, err) = sidekey(&[
+        "ca",
+        "init",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("name constraints: api.openai.com"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(ca.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let key_before = std::fs::read(ca.join("ca.key")).unwrap();
+    // Never overwrites.
+    let (code, _, err) = sidekey(&[
+        "ca",
+        "init",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--host",
+        "x.test",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read(ca.join("ca.key")).unwrap(), key_before);
+    let (code, out, _) = sidekey(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("forward proxy 127.0.0.1:3128"), "{out}");
+    assert!(
+        out.contains("intercepts api.openai.com:443 (api openai)"),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+    let (code, out, _) = sidekey(&["env", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "NODE_USE_ENV_PROXY",
+    ] {
+        assert!(out.contains(&format!("export {var}=")), "{var}: {out}");
+    }
+    assert!(
+        out.contains("export HTTPS_PROXY='http://127.0.0.1:3128'"),
+        "{out}"
+    );
+    let bundle = std::fs::read_to_string(ca.join("bundle.pem")).unwrap();
+    assert!(bundle.ends_with(&std::fs::read_to_string(ca.join("ca.crt")).unwrap()));
+    // The CA key never shows in what the commands print.
+    let key_text = String::from_utf8(key_before).unwrap();
+    let body: String = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!out.contains(&body[..20]));
+}
