@@ -98,6 +98,7 @@ pub fn route(config: &Config, host: &str, port: u16) -> Target {
 impl Forward {
     pub fn new(shared: Arc<Shared>, ca: InterceptCa) -> Arc<Self> {
         metrics::gauge!(telemetry::CA_NOT_AFTER_SECONDS).set(ca.not_after as f64);
+        warn_if_expiring(&ca);
         metrics::gauge!(telemetry::TUNNELS_ACTIVE).set(0.0);
         Arc::new(Self {
             shared,
@@ -111,6 +112,7 @@ impl Forward {
     pub fn set_ca(&self, ca: InterceptCa) {
         metrics::gauge!(telemetry::CA_NOT_AFTER_SECONDS).set(ca.not_after as f64);
         tracing::info!(fingerprint = &*ca.fingerprint, "interception CA loaded");
+        warn_if_expiring(&ca);
         self.ca.store(Arc::new(ca));
     }
 
@@ -180,6 +182,21 @@ impl Forward {
                 }
             }
         }
+    }
+}
+
+/// A warning while the CA has less than 30 days left (each load, so at least once a run).
+fn warn_if_expiring(ca: &InterceptCa) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = ca.not_after.saturating_sub(now);
+    if left < 30 * 24 * 3600 {
+        tracing::warn!(
+            fingerprint = &*ca.fingerprint,
+            days_left = left / 86_400,
+            "the interception CA expires soon: make a new one with `sidekey ca init` and roll the apps that trust it"
+        );
     }
 }
 
