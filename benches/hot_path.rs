@@ -65,6 +65,46 @@ fn bench_decide(c: &mut Criterion) {
     g.finish();
 }
 
+/// A shipped catalogue file as a policy, everything granted.
+fn shipped(file: &str) -> Policy {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let text = std::fs::read_to_string(path).expect("catalogue");
+    let value: toml::Value = toml::from_str(&text).expect("toml");
+    let mut specs = Vec::new();
+    for (perm, routes) in value["permissions"].as_table().expect("table") {
+        for r in routes.as_array().expect("routes") {
+            let text = r
+                .as_str()
+                .or_else(|| r.get("route").and_then(|v| v.as_str()))
+                .expect("route");
+            specs.push(RouteSpec {
+                permission: perm.as_str().into(),
+                pattern: Pattern::parse(text).expect("pattern"),
+                text: text.into(),
+                websocket: false,
+            });
+        }
+    }
+    Policy::new(specs, |_| true)
+}
+
+/// The generated GitHub catalogue (~1,500 routes) against the hand-written Banata one
+/// (~30): the trie makes route count nearly free.
+fn bench_decide_shipped(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decide_shipped");
+    let banata = shipped("config/banata-permissions.toml");
+    let github = shipped("config/catalogues/github.toml");
+    let b_uri: Uri = "/v1/sandboxes/sb_123/files/a/b.txt".parse().expect("uri");
+    let g_uri: Uri = "/repos/octo/hello/pulls/42/comments".parse().expect("uri");
+    g.bench_function("banata_hit", |b| {
+        b.iter(|| black_box(banata.evaluate(&Method::GET, black_box(&b_uri))).is_allowed())
+    });
+    g.bench_function("github_hit", |b| {
+        b.iter(|| black_box(github.evaluate(&Method::GET, black_box(&g_uri))).is_allowed())
+    });
+    g.finish();
+}
+
 /// Several APIs: route by prefix, then match the rest (5 APIs x 200 routes).
 fn bench_decide_apis(c: &mut Criterion) {
     use sidekey::policy::apis::{Router, decide};
@@ -133,6 +173,7 @@ criterion_group!(
     bench_canonicalize,
     bench_decide,
     bench_decide_apis,
+    bench_decide_shipped,
     bench_inject,
     bench_snapshot
 );

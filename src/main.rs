@@ -63,6 +63,13 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+        /// Report drift against this OpenAPI description: catalogue routes that match no
+        /// operation, operations no permission covers.
+        #[arg(long)]
+        openapi: Option<PathBuf>,
+        /// With several APIs: the one the OpenAPI description is for.
+        #[arg(long)]
+        api: Option<String>,
     },
     /// Print the minimal `allow = [...]` that covers the requests in an access log.
     #[command(
@@ -148,6 +155,9 @@ enum Command {
     /// The forward proxy's interception CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Permission catalogues from OpenAPI descriptions.
+    #[command(subcommand)]
+    Catalogue(CatalogueCommand),
     /// Print the variables a program needs to use the forward proxy.
     #[command(after_help = "Example:\n  eval \"$(sidekey env --config sidekey.toml)\"")]
     Env {
@@ -164,6 +174,28 @@ enum Command {
         /// The command and its arguments (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogueCommand {
+    /// Print a catalogue draft (TOML) with one route per operation of an OpenAPI 3.0/3.1 or
+    /// Swagger 2.0 description (JSON or YAML; `-` for stdin).
+    #[command(
+        after_help = "Example:\n  sidekey catalogue import openapi.yaml --by tags > permissions.toml"
+    )]
+    Import {
+        spec: PathBuf,
+        /// Where permission names come from (default: scopes when the spec has security
+        /// data, else tags).
+        #[arg(long, value_enum)]
+        by: Option<sidekey::cli::catalogue::By>,
+        /// The vendor extension `--by extension` reads.
+        #[arg(long, default_value = "x-sidekey-permission")]
+        extension: String,
+        /// Print an inline `[api.NAME.permissions]` table instead of `[permissions]`.
+        #[arg(long)]
+        api: Option<String>,
     },
 }
 
@@ -205,10 +237,14 @@ fn main() -> ExitCode {
             config,
             strict,
             format,
+            openapi,
+            api,
         } => {
             let opts = sidekey::cli::CheckOptions {
                 strict,
                 json: format == OutputFormat::Json,
+                openapi: openapi.as_deref(),
+                api: api.as_deref(),
             };
             sidekey::cli::check(
                 &config,
@@ -293,6 +329,19 @@ fn main() -> ExitCode {
             config.as_deref(),
             &hosts,
             days,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Catalogue(CatalogueCommand::Import {
+            spec,
+            by,
+            extension,
+            api,
+        }) => sidekey::cli::catalogue::import(
+            &spec,
+            by,
+            &extension,
+            api.as_deref(),
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),

@@ -55,6 +55,19 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
             }
         }
     }
+    if let Some(spec_path) = opts.openapi {
+        match drift_lints(&config, spec_path, opts.api) {
+            Ok(found) => {
+                if let Some(p) = config.principals.first() {
+                    lints.extend(found.into_iter().map(|l| (p, l)));
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return EXIT_BAD_CONFIG;
+            }
+        }
+    }
     let results: Vec<(&PolicyTest, Expect)> = config
         .tests
         .iter()
@@ -360,4 +373,31 @@ fn print_forward(
             Ok(())
         }
     }
+}
+
+/// `--openapi SPEC`: the catalogue of the API it describes against the spec's operations.
+fn drift_lints(config: &Config, spec: &Path, api: Option<&str>) -> Result<Vec<Lint>, String> {
+    let chosen = match api {
+        Some(name) => config
+            .apis
+            .iter()
+            .find(|a| &*a.name == name)
+            .ok_or_else(|| format!("--api {name}: no such API in the config"))?,
+        None if config.apis.len() == 1 => config.apis.first().ok_or("the config has no API")?,
+        None => return Err("several APIs: name the one SPEC describes with --api NAME".into()),
+    };
+    let (parsed, _) =
+        super::catalogue::read(spec).map_err(|e| format!("{}: {e}", spec.display()))?;
+    let (routes, _) = super::catalogue::routes(&parsed, Some(super::catalogue::By::Tags), "");
+    let name = spec.file_name().map_or_else(
+        || spec.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut lints = super::catalogue::drift::drift(&chosen.catalogue, &routes, &name);
+    if config.named_apis {
+        for l in &mut lints {
+            l.message = format!("api.{}: {}", chosen.name, l.message);
+        }
+    }
+    Ok(lints)
 }

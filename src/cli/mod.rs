@@ -1,6 +1,7 @@
 //! `sidekey check` and `sidekey explain`: the config and the policy as `run` sees them.
 //! Both write to a caller-supplied writer and return the process exit code.
 
+pub mod catalogue;
 mod check;
 pub mod demo;
 pub mod forward;
@@ -27,11 +28,15 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 
 /// How `check` reports.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CheckOptions {
+pub struct CheckOptions<'a> {
     /// Lints become errors (exit 1).
     pub strict: bool,
     /// Machine-readable output.
     pub json: bool,
+    /// An OpenAPI description to check the catalogue against (drift lints), and the API
+    /// whose catalogue it describes (needed with several APIs).
+    pub openapi: Option<&'a Path>,
+    pub api: Option<&'a str>,
 }
 
 /// The decision class of a verdict, as `[[test]] expect` names it. `policies`: the

@@ -44,6 +44,9 @@ pub fn lint(policy: &Policy, specs: &[RouteSpec], granted: &[std::sync::Arc<str>
             } else {
                 (b, a)
             };
+            if concrete_over_template(&win.pattern, &lose.pattern) {
+                continue;
+            }
             out.push(Lint {
                 kind: "shadowed_route",
                 message: format!(
@@ -74,6 +77,29 @@ pub fn lint(policy: &Policy, specs: &[RouteSpec], granted: &[std::sync::Arc<str>
         }
     }
     out
+}
+
+/// The winner is concrete where the loser is templated (`/user/starred` over `/user/{id}`),
+/// and the loser is no catch-all: OpenAPI's own precedence rule, and how APIs are designed;
+/// the overlap is only a parameter value colliding with a word, nothing to act on. A
+/// catch-all (`{*rest}`) that loses ground stays reported: its grant is narrower than written.
+fn concrete_over_template(win: &Pattern, lose: &Pattern) -> bool {
+    if lose.segments.iter().any(|s| matches!(s, Segment::Rest(_))) {
+        return false;
+    }
+    let first_difference = win
+        .segments
+        .iter()
+        .zip(&lose.segments)
+        .find(|(w, l)| match (w, l) {
+            (Segment::Literal(x), Segment::Literal(y)) => x != y,
+            (Segment::Param(_), Segment::Param(_)) => false,
+            _ => true,
+        });
+    matches!(
+        first_difference,
+        Some((Segment::Literal(_), Segment::Param(_)))
+    )
 }
 
 /// Same method and the same segments, parameter names aside.
@@ -210,6 +236,35 @@ mod tests {
             "{}",
             l[0].message
         );
+    }
+
+    /// OpenAPI's precedence (a concrete path over a templated one) is not a finding; a
+    /// catch-all losing ground is.
+    #[test]
+    fn concrete_over_template_is_not_a_finding() {
+        let quiet = [
+            [
+                ("users", "GET /user/{account_id}"),
+                ("stars", "GET /user/starred"),
+            ],
+            [
+                ("issues", "GET /r/issues/comments/{comment_id}"),
+                ("reactions", "GET /r/issues/{issue_number}/reactions"),
+            ],
+        ];
+        for routes in quiet {
+            let granted: Vec<&str> = routes.iter().map(|(p, _)| *p).collect();
+            let l = run(&routes, &granted);
+            assert!(l.is_empty(), "{l:?}");
+        }
+        let l = run(
+            &[
+                ("read", "GET /user/{*rest}"),
+                ("stars", "GET /user/starred"),
+            ],
+            &["read", "stars"],
+        );
+        assert_eq!(l.len(), 1, "{l:?}");
     }
 
     #[test]

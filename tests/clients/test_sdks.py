@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+GITHUB_CATALOGUE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "config", "catalogues", "github.toml")
 KEYS = {"openai": "sk-openai-real-0001", "anthropic": "sk-ant-real-0002", "github": "ghp_real_0003"}
 CALLER_JUNK = "caller-holds-no-key"
 
@@ -131,14 +132,15 @@ class Mock:
                 "content": [{"type": "text", "text": "hello from claude mock"}],
                 "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": 1, "output_tokens": 4}})
-        if route == ("github", "GET", "/repos/o/r/issues"):
+        # Page 1 at /repos/o/r/issues; its Link names /repositories/42/issues, as GitHub's does.
+        if route[:2] == ("github", "GET") and route[2] in ("/repos/o/r/issues", "/repositories/42/issues"):
             page = int(dict(p.split("=", 1) for p in req.path.split("?", 1)[1].split("&")).get("page", "1")) if "?" in req.path else 1
             items = [{"number": page * 10 + i, "title": f"issue {page}-{i}", "state": "open",
                       "url": f"{self.origin}/repos/o/r/issues/{page * 10 + i}"} for i in range(2)]
             headers = {}
             if page < 3:
-                headers["Link"] = (f'<{self.origin}/repos/o/r/issues?state=open&page={page + 1}>; rel="next", '
-                                   f'<{self.origin}/repos/o/r/issues?state=open&page=3>; rel="last"')
+                headers["Link"] = (f'<{self.origin}/repositories/42/issues?state=open&page={page + 1}>; rel="next", '
+                                   f'<{self.origin}/repositories/42/issues?state=open&page=3>; rel="last"')
             return self.json(req, items, headers)
         return self.json(req, {"error": "mock has no such route"}, status=404)
 
@@ -206,8 +208,8 @@ url = "{mocks['github'].origin}"
 ca_file = "ca.pem"
 path_prefix = "/github"
 credential = {{ file = "github.key", prefix = "token " }}
-[api.github.permissions]
-"issues:read" = ["GET /repos/{{owner}}/{{repo}}/issues"]
+# The shipped catalogue generated from GitHub's OpenAPI description (config/catalogues/).
+permissions_file = "{GITHUB_CATALOGUE}"
 
 [service]
 name = "clients-test"
@@ -284,13 +286,14 @@ def main():
             gh = github.Github(base_url=f"{base}/github", auth=github.Auth.Token(CALLER_JUNK), retry=None, lazy=True)
             issues = list(gh.get_repo("o/r").get_issues(state="open"))
             assert [i.number for i in issues] == [10, 11, 20, 21, 30, 31], [i.number for i in issues]
-            print("PyGithub: 3 pages through rewritten Link headers: ok")
+            print("PyGithub: 3 pages through rewritten Link headers (/repositories/{id} pages allowed by the generated catalogue): ok")
 
             only_own_key(mocks["openai"], "authorization", f"Bearer {KEYS['openai']}")
             only_own_key(mocks["anthropic"], "x-api-key", KEYS["anthropic"])
             only_own_key(mocks["github"], "authorization", f"token {KEYS['github']}")
             pages = [p for m, p, h in mocks["github"].seen]
-            assert len(pages) == 3 and all(p.startswith("/repos/o/r/issues") for p in pages), pages
+            assert len(pages) == 3 and pages[0].startswith("/repos/o/r/issues"), pages
+            assert all(p.startswith("/repositories/42/issues") for p in pages[1:]), pages
             # A request outside the allow-list never reaches a mock.
             before = sum(len(m.seen) for m in mocks.values())
             try:

@@ -10,6 +10,9 @@ fn every_shipped_config_passes_check() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         // Catalogue files are checked through the configs that name them.
         if text.contains("[service]") {
@@ -336,4 +339,104 @@ fn ca_init_env_and_check_for_the_forward_proxy() {
         .filter(|l| !l.starts_with("-----"))
         .collect();
     assert!(!out.contains(&body[..20]));
+}
+
+/// The shipped GitHub catalogue (generated from GitHub's OpenAPI description): every
+/// permission granted, `check --strict` finds nothing to act on, and `explain` names the
+/// permission of a list endpoint and of the alias its `Link` pages use.
+#[test]
+fn the_generated_github_catalogue_round_trips_through_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue = root.join("config/catalogues/github.toml");
+    let text = std::fs::read_to_string(&catalogue).unwrap();
+    assert!(
+        text.contains("@octokit/openapi 23.0.2"),
+        "the header names the spec version"
+    );
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    let perms: Vec<String> = parsed["permissions"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .map(|p| format!("\"github/{p}\""))
+        .collect();
+    assert!(perms.len() > 80, "{}", perms.len());
+    let dir = TempDir::new();
+    dir.write("k", "ghp_x");
+    let cfg = dir.write(
+        "s.toml",
+        &format!(
+            "[api.github]\nurl = \"https://api.github.com\"\npath_prefix = \"/github\"\npermissions_file = \"{}\"\ncredential = {{ file = \"k\", prefix = \"token \" }}\n[service]\nname = \"gh\"\nallow = [{}]\n",
+            catalogue.display(),
+            perms.join(", ")
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = sidekey(&["check", "--strict", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("error:"), "{out}");
+    // Debug build in tests; the release figure is in BENCHMARKS.md.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    for (target, route) in [
+        ("/github/repos/o/r/pulls", "GET /repos/{owner}/{repo}/pulls"),
+        (
+            "/github/repositories/42/pulls?page=2",
+            "GET /repositories/{repository_id}/pulls",
+        ),
+    ] {
+        let (code, out, _) =
+            sidekey(&["explain", "--config", cfg.to_str().unwrap(), "GET", target]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("permission: github/pulls:read"), "{out}");
+        assert!(out.contains(&format!("route:      {route}")), "{out}");
+    }
+}
+
+#[test]
+fn catalogue_import_and_openapi_drift_through_the_binary() {
+    let dir = TempDir::new();
+    let spec = dir.write(
+        "api.json",
+        r#"{"openapi": "3.0.0", "info": {"title": "Things", "version": "7"}, "servers": [{"url": "https://api.things.test/v1"}],
+            "paths": {"/things": {"get": {"operationId": "listThings", "tags": ["things"]}},
+                      "/things/{id}": {"get": {"operationId": "getThing", "tags": ["things"]},
+                                       "delete": {"operationId": "deleteThing", "tags": ["things"]}}}}"#,
+    );
+    let (code, out, err) = sidekey(&["catalogue", "import", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"things:read\" = [\n  \"GET /v1/things\",  # listThings\n"),
+        "{out}"
+    );
+    let (_, again, _) = sidekey(&["catalogue", "import", spec.to_str().unwrap()]);
+    assert_eq!(out, again, "the same spec gives byte-identical output");
+    // A catalogue with one removed endpoint and missing one new operation.
+    dir.write("k", "x");
+    let cfg = dir.write(
+        "s.toml",
+        "[upstream]\nurl = \"https://api.things.test\"\n[credential]\nfile = \"k\"\n[service]\nname = \"s\"\nallow = [\"things:read\"]\n[permissions]\n\"things:read\" = [\"GET /v1/things\", \"GET /v1/things/{id}\", \"GET /v1/widgets\"]\n",
+    );
+    let args = [
+        "check",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--openapi",
+        spec.to_str().unwrap(),
+    ];
+    let (code, out, _) = sidekey(&args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: openapi_unknown_route: `GET /v1/widgets` (things:read) matches no operation in api.json"), "{out}");
+    assert!(out.contains("warning: openapi_uncovered_operation: operation `deleteThing` (`DELETE /v1/things/{id}`)"), "{out}");
+    let mut strict = args.to_vec();
+    strict.push("--strict");
+    let (code, _, _) = sidekey(&strict);
+    assert_eq!(code, 1);
+    // Bad input: the JSON pointer of the problem, exit 64.
+    let bad = dir.write(
+        "bad.json",
+        r#"{"openapi": "3.0.0", "paths": {"/x": {"get": {"tags": "no"}}}}"#,
+    );
+    let (code, _, err) = sidekey(&["catalogue", "import", bad.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("at /paths/~1x/get/tags"), "{err}");
 }
