@@ -155,6 +155,15 @@ enum Command {
     /// The forward proxy's interception CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print a key's fingerprint as `/credential` and the metrics show it.
+    #[command(
+        after_help = "Example:\n  sidekey fingerprint /var/run/secrets/banata/api-key\n  printf %s \"$KEY\" | sidekey fingerprint -"
+    )]
+    Fingerprint {
+        /// The key file (`-` for stdin).
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
     /// Permission catalogues from OpenAPI descriptions.
     #[command(subcommand)]
     Catalogue(CatalogueCommand),
@@ -345,6 +354,9 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
+        Command::Fingerprint { file } => {
+            sidekey::cli::fingerprint(&file, &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Env { config, shell } => sidekey::cli::forward::env(
             &config,
             shell,

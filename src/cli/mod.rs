@@ -228,3 +228,29 @@ pub fn token_new(caller: &str, out: &mut dyn Write, err: &mut dyn Write) -> i32 
     );
     0
 }
+
+/// `sidekey fingerprint [FILE|-]`: a key's fingerprint exactly as `/credential`, the logs
+/// and `sidekey_credential_info` show it (surrounding whitespace trimmed, as when loaded).
+pub fn fingerprint(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    use std::io::Read as _;
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_end(&mut raw).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut raw).map(|_| ()))
+    };
+    if let Err(e) = read {
+        let _ = writeln!(err, "error: cannot read {}: {e}", path.display());
+        return EXIT_BAD_CONFIG;
+    }
+    match crate::control::secret::validate_key(&raw) {
+        Ok(key) => {
+            let _ = writeln!(out, "{}", crate::control::secret::fingerprint(key));
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            1
+        }
+    }
+}

@@ -169,14 +169,23 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         drop(snap);
         tokio::select! {
             Some(()) = events.recv() => {
-                // Let a burst of events (a `..data` swap is several) settle, then read once.
-                tokio::time::sleep(debounce).await;
+                // Let a burst of events (a `..data` swap is several) settle, then read once
+                // (at once when a 401 asks for it meanwhile).
+                tokio::select! {
+                    () = tokio::time::sleep(debounce) => {}
+                    () = reloader.shared.reread_asked() => {}
+                    () = crate::shutdown::stopped(&mut stop) => return,
+                }
                 while events.try_recv().is_ok() {}
             }
             () = tokio::time::sleep(every) => {}
+            () = reloader.shared.reread_asked() => {
+                tracing::info!("upstream answered 401: re-reading the keys now");
+            }
             () = crate::shutdown::stopped(&mut stop) => return,
         }
         reloader.reload_once();
+        reloader.shared.reread_done();
         reloader.ensure_watches(watcher.as_mut());
     }
 }

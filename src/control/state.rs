@@ -123,6 +123,14 @@ pub struct Shared {
     pub in_flight: Arc<AtomicUsize>,
     /// WebSocket tunnels open (under `limits.max_websockets`).
     pub websockets: Arc<AtomicUsize>,
+    /// An upstream 401 asks the reload task for an immediate re-read of the keys.
+    reread: tokio::sync::Notify,
+    /// Milliseconds since `started` of the last re-read asked for (at most one a second),
+    /// and of the last one finished.
+    last_reread_ms: AtomicU64,
+    reread_done_ms: AtomicU64,
+    /// The generation of the published snapshot, for those waiting on a re-read.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -136,7 +144,43 @@ impl Shared {
             credential_reloaded_at: AtomicU64::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
             websockets: Arc::new(AtomicUsize::new(0)),
+            reread: tokio::sync::Notify::new(),
+            last_reread_ms: AtomicU64::new(0),
+            reread_done_ms: AtomicU64::new(0),
+            generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// After an upstream 401: asks the reload task to re-read the key sources now and waits
+    /// (at most `wait`) for the snapshot it publishes. At most one re-read a second, however
+    /// many 401s arrive (a revoked key must not become a read storm); requests that arrive
+    /// meanwhile share the one in flight. Returns whether a re-read was asked for.
+    pub async fn reread_keys(&self, wait: std::time::Duration) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_reread_ms.load(Ordering::Relaxed);
+        let mut changed = self.generation.subscribe();
+        let asked = (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_reread_ms
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if asked {
+            self.reread.notify_one();
+        } else if self.reread_done_ms.load(Ordering::Acquire)
+            >= self.last_reread_ms.load(Ordering::Acquire)
+        {
+            // The last re-read (under a second ago) is done: its snapshot is current.
+            return false;
+        }
+        // The re-read in flight (ours or another 401's) publishes a snapshot, or finds
+        // nothing new: either way this returns within `wait`.
+        let _ = tokio::time::timeout(wait, changed.changed()).await;
+        asked
+    }
+
+    /// Resolves when a 401 asked for a re-read (the reload task waits on it).
+    pub async fn reread_asked(&self) {
+        self.reread.notified().await;
     }
 
     /// The current snapshot. Call once per request.
@@ -146,7 +190,16 @@ impl Shared {
 
     /// Publishes a new snapshot (reload task only).
     pub fn store(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_replace(generation);
+    }
+
+    /// A re-read found nothing new: wakes those waiting on it.
+    pub fn reread_done(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.reread_done_ms.store(now.max(1), Ordering::Release);
+        self.generation.send_modify(|_| {});
     }
 
     /// Ready: every key source has a key and we are not draining.

@@ -14,6 +14,7 @@ mod links;
 mod request_id;
 mod respond;
 pub mod splice;
+mod unauthorized;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use http_body_util::{Either, Full};
 pub use error::ProxyError;
 
 use crate::config::Mode;
+use crate::control;
 use crate::control::state::{Shared, Snapshot};
 use crate::policy::apis::decide;
 use crate::policy::{Route, Verdict};
@@ -96,8 +98,7 @@ pub async fn handle(
             outcome.principal = Some(i);
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
                 Some(guard) => {
-                    let tunnels = &shared.websockets;
-                    let fwd = (start, &*snap, i, &via, tunnels);
+                    let fwd = (start, &*snap, i, &via, &*shared);
                     forward(fwd, req, &request_id, guard, &mut outcome).await
                 }
                 None => Err(ProxyError::Overloaded),
@@ -126,18 +127,12 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// When the request arrived, the snapshot, the principal, where it came in, and the
-/// open-tunnel count.
-type Context<'s, 'a> = (
-    Instant,
-    &'s Snapshot,
-    usize,
-    &'a Via,
-    &'a std::sync::Arc<std::sync::atomic::AtomicUsize>,
-);
+/// When the request arrived, the snapshot, the principal, where it came in, and the shared
+/// state (open tunnels, the 401 re-read).
+type Context<'s, 'a> = (Instant, &'s Snapshot, usize, &'a Via, &'a Shared);
 
 async fn forward<'s>(
-    (started, snap, principal, via, tunnels): Context<'s, '_>,
+    (started, snap, principal, via, shared): Context<'s, '_>,
     req: Request<crate::serve::RequestBody>,
     request_id: &HeaderValue,
     guard: InFlightGuard,
@@ -219,7 +214,7 @@ async fn forward<'s>(
             return Err(ProxyError::UpgradeNotAllowed);
         }
         Ask::WebSocket { .. } => Some(
-            InFlightGuard::try_acquire(tunnels, limits.max_websockets)
+            InFlightGuard::try_acquire(&shared.websockets, limits.max_websockets)
                 .ok_or(ProxyError::TooManyWebSockets)?,
         ),
         _ => None,
@@ -319,10 +314,13 @@ async fn forward<'s>(
         };
         (Either::Left(body), Some(fault))
     };
+    // A bodiless request may be replayed once after a 401 with a re-read key: its head is
+    // kept (a streamed body never is).
+    let head = fault.is_none().then(|| unauthorized::Head::of(&parts));
     let sent = upstream
         .send(Request::from_parts(parts, body), started)
         .await;
-    let resp = match sent {
+    let mut resp = match sent {
         Ok(resp) => resp,
         // The caller's body failed: its mistake, never reported as the upstream's.
         Err(kind) => match fault.and_then(|f| f.get()) {
@@ -333,11 +331,30 @@ async fn forward<'s>(
             None => return Err(ProxyError::Upstream(kind)),
         },
     };
+    let mut sent_key: &control::secret::Credential = credential;
+    let replayed;
+    if let (StatusCode::UNAUTHORIZED, Some(head)) = (resp.status(), head) {
+        if let Some(newer) = unauthorized::newer_key(shared, principal, api, credential).await {
+            respond::count_unauthorized(snap, principal, api, credential);
+            tracing::info!(
+                old_fingerprint = credential.fingerprint(),
+                new_fingerprint = newer.fingerprint(),
+                "upstream answered 401; the key changed: replaying once with the new key"
+            );
+            let req = head.with_key(credential, &newer);
+            resp = upstream
+                .send(req, started)
+                .await
+                .map_err(ProxyError::Upstream)?;
+            replayed = newer;
+            sent_key = &replayed;
+        }
+    }
     out.upstream_status = Some(resp.status());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
     }
-    let at = (principal, api, &**credential, links, host.as_ref());
+    let at = (principal, api, sent_key, links, host.as_ref());
     Ok(respond::respond(snap, at, resp, guard, caller_guard))
 }
 

@@ -31,16 +31,7 @@ pub(super) fn respond(
     caller_guard: Option<InFlightGuard>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::UNAUTHORIZED {
-        let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
-        let slot = snap
-            .config
-            .principals
-            .get(principal)
-            .and_then(|p| p.credentials.get(api).copied().flatten());
-        let named = slot
-            .and_then(|s| snap.config.credentials.get(s))
-            .map_or("none", |c| &*c.name);
-        metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "fingerprint" => credential.fingerprint().to_owned()).increment(1);
+        count_unauthorized(snap, principal, api, credential);
     }
     inject::strip_response(resp.headers_mut());
     let h = resp.headers();
@@ -53,6 +44,25 @@ pub(super) fn respond(
     }
     let idle = snap.config.limits.body_idle_timeout;
     resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard)))
+}
+
+/// `sidekey_upstream_unauthorized_total` for the key that was sent.
+pub(super) fn count_unauthorized(
+    snap: &Snapshot,
+    principal: usize,
+    api: usize,
+    credential: &Credential,
+) {
+    let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
+    let slot = snap
+        .config
+        .principals
+        .get(principal)
+        .and_then(|p| p.credentials.get(api).copied().flatten());
+    let named = slot
+        .and_then(|s| snap.config.credentials.get(s))
+        .map_or("none", |c| &*c.name);
+    metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "fingerprint" => credential.fingerprint().to_owned()).increment(1);
 }
 
 /// Rebases link headers on API `api`'s origin onto the local address the client used.

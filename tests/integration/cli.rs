@@ -440,3 +440,19 @@ fn catalogue_import_and_openapi_drift_through_the_binary() {
     assert_eq!(code, 64);
     assert!(err.contains("at /paths/~1x/get/tags"), "{err}");
 }
+
+#[test]
+fn fingerprint_matches_what_credential_shows() {
+    let dir = TempDir::new();
+    let key = dir.write("k", "sk_live_fingerprint_0001\n");
+    let (code, out, _) = sidekey(&["fingerprint", key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        sidekey::control::secret::fingerprint(b"sk_live_fingerprint_0001")
+    );
+    assert!(!out.contains("sk_live"));
+    let empty = dir.write("e", "  \n");
+    let (code, _, err) = sidekey(&["fingerprint", empty.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+}

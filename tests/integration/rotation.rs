@@ -299,3 +299,93 @@ async fn config_reload_changes_decisions_and_refuses_bad_updates() {
     );
     p.stop().await;
 }
+
+/// An upstream that takes only `Bearer <accept>`: 401 for anything else.
+fn only_key(accept: Arc<std::sync::Mutex<String>>) -> sidekey::mock::Handler {
+    Arc::new(move |req| {
+        let accept = accept.lock().unwrap().clone();
+        Box::pin(async move {
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {accept}"));
+            let status = if ok {
+                http::StatusCode::OK
+            } else {
+                http::StatusCode::UNAUTHORIZED
+            };
+            sidekey::mock::json(status, &serde_json::json!({"ok": ok}))
+        })
+    })
+}
+
+/// The key was rotated and the old one revoked before sidekey noticed (the watch is slow
+/// here: a 10 s debounce). The 401 makes sidekey re-read the key at once and replay the
+/// bodiless request once with the new key; a request with a body is never replayed.
+#[tokio::test]
+async fn an_upstream_401_rereads_the_key_and_replays_once() {
+    let accept = Arc::new(std::sync::Mutex::new("sk_old_0001".to_owned()));
+    let up = Upstream::with(only_key(accept.clone())).await;
+    let text = config_text(&up.mock.url(), "").replace("debounce = \"50ms\"", "debounce = \"10s\"");
+    let p = TestProxy::start(&up, Some("sk_old_0001"), &text).await;
+    // Serving (its start-up re-read done) with the old key.
+    assert_eq!(get(p.addr, "/v1/sandboxes").await.status, 200);
+    // Rotate and revoke the old key at once.
+    *accept.lock().unwrap() = "sk_new_0002".into();
+    std::fs::write(p.key_path(), "sk_new_0002").unwrap();
+    let r = get(p.addr, "/v1/sandboxes").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen: Vec<String> = up
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "Bearer sk_old_0001",
+            "Bearer sk_old_0001",
+            "Bearer sk_new_0002"
+        ]
+    );
+    assert_eq!(
+        live_fingerprint(&p).await,
+        sidekey::control::secret::fingerprint(b"sk_new_0002")
+    );
+
+    // Revoked with no new key: each 401 is answered as is, one upstream request each, and
+    // the re-reads are not one per request.
+    *accept.lock().unwrap() = "sk_other_0003".into();
+    let before = up.mock.requests().len();
+    let started = std::time::Instant::now();
+    let all = (0..10).map(|_| get(p.addr, "/v1/sandboxes"));
+    for r in futures_util::future::join_all(all).await {
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(
+        up.mock.requests().len(),
+        before + 10,
+        "no replay without a new key"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A body is never replayed, even when the key did change.
+    std::fs::write(p.key_path(), "sk_other_0003").unwrap();
+    let before = up.mock.requests().len();
+    let body = http::Request::builder()
+        .method("POST")
+        .uri("/v1/sandboxes")
+        .header("host", "x")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"a\":1}",
+        )))
+        .unwrap();
+    let r = send(p.addr, body).await;
+    assert_eq!(r.status, 401);
+    let seen = up.mock.requests();
+    assert_eq!(seen.len(), before + 1, "a request with a body goes once");
+    assert_eq!(seen[before].headers["authorization"], "Bearer sk_new_0002");
+    p.stop().await;
+}
