@@ -456,3 +456,25 @@ fn fingerprint_matches_what_credential_shows() {
     let (code, _, err) = sidekey(&["fingerprint", empty.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn the_prometheus_rule_manifest_carries_the_same_alerts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    let read = |f: &str| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join(f)).unwrap()).unwrap()
+    };
+    let plain = read("sidekey-alerts.yml");
+    let manifest = read("prometheus-rule.yaml");
+    assert_eq!(manifest["kind"], "PrometheusRule");
+    assert_eq!(manifest["spec"]["groups"], plain["groups"]);
+    let alerts = plain["groups"][0]["rules"].as_sequence().unwrap();
+    assert_eq!(alerts.len(), 7);
+    for a in alerts {
+        assert!(
+            a["annotations"]["runbook"]
+                .as_str()
+                .is_some_and(|r| r.len() > 40),
+            "{a:?}"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Monitoring checks: promtool over the alerting rules and their unit tests, then a real
+# Prometheus server scraping a running sidekey (tests/monitoring/test_prometheus.py).
+# Installs Prometheus from Debian's packages when promtool is missing (idempotent).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+if ! command -v promtool > /dev/null || ! command -v prometheus > /dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends prometheus > /dev/null
+fi
+promtool check rules "$root/deploy/monitoring/sidekey-alerts.yml"
+(cd "$root/deploy/monitoring" && promtool test rules alerts-test.yml)
+bin="${SIDEKEY_BIN:-$root/target/debug/sidekey}"
+if [ -z "${SIDEKEY_BIN:-}" ]; then
+  cargo build --locked --quiet --manifest-path "$root/Cargo.toml" --bin sidekey
+fi
+python3 "$root/tests/monitoring/test_prometheus.py" "$bin" "$(command -v prometheus)" "$root"
