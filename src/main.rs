@@ -155,6 +155,9 @@ enum Command {
     /// The forward proxy's interception CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Key rotation checks.
+    #[command(subcommand)]
+    Rotation(RotationCommand),
     /// Print a key's fingerprint as `/credential` and the metrics show it.
     #[command(
         after_help = "Example:\n  sidekey fingerprint /var/run/secrets/banata/api-key\n  printf %s \"$KEY\" | sidekey fingerprint -"
@@ -183,6 +186,31 @@ enum Command {
         /// The command and its arguments (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotationCommand {
+    /// Which key fingerprint every instance serves; exit 0 only when all serve --expect.
+    #[command(
+        after_help = "Example:\n  sidekey rotation status --expect 3f2a9c1b7d4e --admin http://10.0.0.7:9901 --admin http://10.0.0.8:9901\n  sidekey rotation status --expect 3f2a9c1b7d4e --prometheus http://prometheus:9090 --selector '{namespace=\"prod\"}'"
+    )]
+    Status {
+        /// The fingerprint every instance must serve (`sidekey fingerprint NEW_KEY_FILE`).
+        #[arg(long)]
+        expect: String,
+        /// An admin endpoint to ask (repeatable).
+        #[arg(long = "admin", conflicts_with = "prometheus")]
+        admins: Vec<String>,
+        /// A Prometheus server whose `sidekey_credential_info` to ask instead.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// A label selector for the Prometheus query.
+        #[arg(long, default_value = "", requires = "prometheus")]
+        selector: String,
+        /// Only this key source (`default`, an API's name, or `api/name`).
+        #[arg(long)]
+        credential: Option<String>,
     },
 }
 
@@ -354,6 +382,38 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
+        Command::Rotation(RotationCommand::Status {
+            expect,
+            admins,
+            prometheus,
+            selector,
+            credential,
+        }) => {
+            let source = match &prometheus {
+                Some(url) => Some(sidekey::cli::rotation::Source::Prometheus {
+                    url,
+                    selector: &selector,
+                }),
+                None if admins.is_empty() => None,
+                None => Some(sidekey::cli::rotation::Source::Admin(&admins)),
+            };
+            match (source, runtime(1)) {
+                (None, _) => {
+                    eprintln!("error: name --admin URL (repeatable) or --prometheus URL");
+                    EXIT_BAD_CONFIG
+                }
+                (Some(source), Ok(rt)) => rt.block_on(sidekey::cli::rotation::status(
+                    source,
+                    &expect,
+                    credential.as_deref(),
+                    &mut std::io::stdout(),
+                )),
+                (Some(_), Err(e)) => {
+                    eprintln!("error: {e}");
+                    2
+                }
+            }
+        }
         Command::Fingerprint { file } => {
             sidekey::cli::fingerprint(&file, &mut std::io::stdout(), &mut std::io::stderr())
         }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod forward;
 pub mod init;
 pub mod kube;
+pub mod rotation;
 pub mod suggest;
 
 pub use check::check;

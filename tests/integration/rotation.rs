@@ -389,3 +389,74 @@ async fn an_upstream_401_rereads_the_key_and_replays_once() {
     assert_eq!(seen[before].headers["authorization"], "Bearer sk_new_0002");
     p.stop().await;
 }
+
+/// The "verify" step: which key every instance serves, asked of the admin endpoints.
+#[tokio::test]
+async fn rotation_status_asks_every_admin_endpoint() {
+    let up = Upstream::banata().await;
+    let p1 = TestProxy::start(
+        &up,
+        Some("sk_rot_new_0001"),
+        &config_text(&up.mock.url(), ""),
+    )
+    .await;
+    let p2 = TestProxy::start(
+        &up,
+        Some("sk_rot_old_0002"),
+        &config_text(&up.mock.url(), ""),
+    )
+    .await;
+    let new = fingerprint(b"sk_rot_new_0001");
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sidekey(&args)
+        })
+    };
+    let base = |p: &TestProxy| format!("http://{}", p.admin);
+    let one = vec![
+        "rotation".into(),
+        "status".into(),
+        "--expect".into(),
+        new.clone(),
+        "--admin".into(),
+        base(&p1),
+    ];
+    let (code, out, err) = run(one).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&new) && out.contains("default/default"),
+        "{out}"
+    );
+    assert!(out.contains("the old key can be revoked"), "{out}");
+    // One instance still serves the old key: 1.
+    let both = vec![
+        "rotation".into(),
+        "status".into(),
+        "--expect".into(),
+        new.clone(),
+        "--admin".into(),
+        base(&p1),
+        "--admin".into(),
+        base(&p2),
+    ];
+    let (code, out, _) = run(both).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("<- not the expected key"), "{out}");
+    // An instance that cannot be asked: 2.
+    let gone = vec![
+        "rotation".into(),
+        "status".into(),
+        "--expect".into(),
+        new.clone(),
+        "--admin".into(),
+        base(&p1),
+        "--admin".into(),
+        "http://127.0.0.1:9".into(),
+    ];
+    let (code, out, _) = run(gone).await.unwrap();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot ask"), "{out}");
+    p1.stop().await;
+    p2.stop().await;
+}

@@ -120,6 +120,18 @@ scrape_configs:
                 raise SystemExit(f"metrics the dashboard queries that sidekey does not export: {sorted(missing)}")
             print(f"grafana dashboard: {len(exprs)} queries, all {len(names)} metrics exist: ok")
 
+            # `sidekey rotation status` asks the same Prometheus which key every instance serves.
+            fp = subprocess.run([sidekey, "fingerprint", key], check=True, capture_output=True, text=True).stdout.strip()
+            def rotation(expect):
+                return subprocess.run([sidekey, "rotation", "status", "--expect", expect, "--prometheus",
+                                       f"http://127.0.0.1:{prom_port}", "--selector", '{namespace="test"}'],
+                                      capture_output=True, text=True)
+            r = wait("sidekey_credential_info in Prometheus", lambda: (r := rotation(fp)).returncode == 0 and r)
+            assert fp in r.stdout and "old key can be revoked" in r.stdout, r.stdout
+            r = rotation("000000000000")
+            assert r.returncode == 1, (r.returncode, r.stdout)
+            print("sidekey rotation status --prometheus: 0 on the served key, 1 on another: ok")
+
             with open(key, "w") as f:
                 f.write("bad key with spaces\u0001")
             def pending():
