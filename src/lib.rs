@@ -21,6 +21,7 @@ pub mod control;
 // Beside both: admin endpoints, telemetry, the ground-floor names and the shutdown flag.
 pub mod admin;
 pub mod headers;
+pub mod recent;
 pub mod shutdown;
 pub mod telemetry;
 // Once per command (the library never imports `cli`), and the demo/test mock.
@@ -306,6 +307,7 @@ impl App {
             drain_rx,
         ));
         let reload_task = tokio::spawn(reload::run(shared.clone(), stop_rx.clone()));
+        let status_task = tokio::spawn(admin::status::sample(stop_rx.clone()));
         let upkeep_task = tokio::spawn(telemetry::upkeep(stop_rx));
         {
             let snap = shared.load();
@@ -341,6 +343,7 @@ impl App {
         let _ = admin_task.await;
         let _ = reload_task.await;
         let _ = upkeep_task.await;
+        let _ = status_task.await;
         tracing::info!("stopped");
     }
 }

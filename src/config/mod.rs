@@ -194,6 +194,8 @@ pub struct ListenerTls {
 #[derive(Clone, Debug)]
 pub struct Admin {
     pub address: std::net::SocketAddr,
+    /// `GET /` serves the status page (default: on when the admin address is loopback).
+    pub status_page: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -116,6 +116,7 @@ pub(crate) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub address: Option<Spanned<String>>,
+    pub status_page: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

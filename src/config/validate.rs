@@ -107,13 +107,18 @@ pub(crate) fn validate(
         let span = raw.listener.address.as_ref().map(Spanned::span);
         return ctx.err("listener.address", span, "a plain-HTTP listener must be bound to a loopback address (127.0.0.1 or ::1); beyond loopback, configure [listener.tls]");
     }
+    let admin_address = address(
+        ctx,
+        "admin.address",
+        raw.admin.address.as_ref(),
+        "127.0.0.1:9901",
+    )?;
     let admin = Admin {
-        address: address(
-            ctx,
-            "admin.address",
-            raw.admin.address.as_ref(),
-            "127.0.0.1:9901",
-        )?,
+        address: admin_address,
+        status_page: raw
+            .admin
+            .status_page
+            .unwrap_or(admin_address.ip().is_loopback()),
     };
     super::apis::check_shape(ctx, &raw)?;
     let named_apis = !raw.api.is_empty();

@@ -131,6 +131,8 @@ pub struct Shared {
     reread_done_ms: AtomicU64,
     /// The generation of the published snapshot, for those waiting on a re-read.
     generation: tokio::sync::watch::Sender<u64>,
+    /// The last denials and rejects (the status page).
+    pub recent: crate::recent::Recent,
 }
 
 impl Shared {
@@ -148,6 +150,7 @@ impl Shared {
             last_reread_ms: AtomicU64::new(0),
             reread_done_ms: AtomicU64::new(0),
             generation: tokio::sync::watch::Sender::new(0),
+            recent: crate::recent::Recent::default(),
         }
     }
 

@@ -114,6 +114,16 @@ pub async fn handle(
         resp.headers_mut()
             .insert("x-request-id", request_id.clone());
     }
+    if matches!(decision, "deny" | "reject" | "would_deny") {
+        remember(
+            &shared.recent,
+            &snap,
+            &method,
+            &outcome,
+            decision,
+            error.as_ref(),
+        );
+    }
     record(
         &snap,
         &method,
@@ -356,6 +366,38 @@ async fn forward<'s>(
     }
     let at = (principal, api, sent_key, links, host.as_ref());
     Ok(respond::respond(snap, at, resp, guard, caller_guard))
+}
+
+/// A denial or reject for the status page (canonical path only, never the query).
+fn remember(
+    recent: &crate::recent::Recent,
+    snap: &Snapshot,
+    method: &Method,
+    out: &Outcome<'_>,
+    decision: &'static str,
+    error: Option<&ProxyError>,
+) {
+    let missing = out.route.filter(|r| !r.granted).map(|r| match out.api {
+        Some(a) => Arc::from(snap.config.qualified(a, &r.permission).as_str()),
+        None => r.permission.clone(),
+    });
+    recent.push(crate::recent::Refusal {
+        seq: 0,
+        at: std::time::SystemTime::now(),
+        method: method.clone(),
+        path: out.path.as_ref().map(|p| p.path().to_owned()),
+        api: out
+            .api
+            .and_then(|a| snap.config.apis.get(a))
+            .map(|a| a.name.clone()),
+        caller: out
+            .principal
+            .and_then(|i| snap.config.principals.get(i))
+            .map(|p| p.name.clone()),
+        missing,
+        decision,
+        code: error.map_or("would_deny", ProxyError::code),
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

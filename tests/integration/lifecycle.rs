@@ -291,3 +291,45 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     );
     assert_eq!(run.stop().await, Some(0));
 }
+
+/// The admin status page: readiness, the key's fingerprint, the last refusals with the
+/// permission they need, the allow line, and never a query string or a key.
+#[tokio::test]
+async fn the_status_page_shows_refusals_and_never_secrets() {
+    let up = Upstream::banata().await;
+    let key = "sk_status_page_0001";
+    let p = TestProxy::start(&up, Some(key), &config_text(&up.mock.url(), "")).await;
+    let r = request(
+        p.addr,
+        "DELETE",
+        "/v1/sandboxes/sb_9?token=querysecret",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let page = get(p.admin, "/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains("Ready."), "{html}");
+    assert!(
+        html.contains(&sidekey::control::secret::fingerprint(key.as_bytes())),
+        "{html}"
+    );
+    assert!(html.contains("<code>/v1/sandboxes/sb_9</code>"), "{html}");
+    assert!(html.contains("<td>sandbox_sessions:delete</td>"), "{html}");
+    assert!(html.contains("allow = [&quot;sandbox_sessions:create&quot;, &quot;sandbox_sessions:delete&quot;, &quot;sandbox_sessions:read&quot;]"), "{html}");
+    assert!(
+        !html.contains("querysecret") && !html.contains(key),
+        "{html}"
+    );
+    p.stop().await;
+
+    let text = config_text(&up.mock.url(), "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\nstatus_page = false",
+    );
+    let p = TestProxy::start(&up, Some(key), &text).await;
+    assert_eq!(get(p.admin, "/").await.status, 404);
+    p.stop().await;
+}

@@ -2,6 +2,8 @@
 //! `/readyz` (a key is loaded and we are not draining), `/metrics` (Prometheus text) and
 //! `/credential` (which key is live, by fingerprint only).
 
+pub mod status;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -24,6 +26,18 @@ pub async fn handle(
         ));
     }
     let resp = match req.uri().path() {
+        "/" if shared.load().config.admin.status_page => {
+            let mut r = Response::new(Full::new(Bytes::from(status::page(&shared))));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => readyz(&shared),
         "/metrics" => metrics(&shared),
