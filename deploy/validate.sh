@@ -36,4 +36,9 @@ cp "$root"/deploy/kubernetes/gateway/*.toml "$gw/"
 sed -i "s|/var/run/secrets/|$gw/secrets/|g" "$gw/sidekey-gateway.toml"
 for s in banata-internal banata-ci; do mkdir -p "$gw/secrets/$s" && echo "placeholder-key" > "$gw/secrets/$s/api-key"; done
 cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- check --strict --config "$gw/sidekey-gateway.toml" || status=1
+echo "== sidekey check on the forward-proxy overlay's config (with the base catalogue beside it)"
+fp="$out/forward-check"
+mkdir -p "$fp"
+cp "$root/deploy/kubernetes/overlays/forward-proxy/sidekey-forward.toml" "$root/deploy/kubernetes/base/banata-permissions.toml" "$fp/"
+cargo run --quiet --locked --manifest-path "$root/Cargo.toml" -- check --strict --config "$fp/sidekey-forward.toml" || status=1
 exit "$status"

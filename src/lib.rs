@@ -174,7 +174,15 @@ impl App {
                 if let Ok(bound) = listener.local_addr() {
                     tracing::info!(forward_proxy = %bound, ca = &*ca.fingerprint, "forward proxy bound");
                 }
-                Some((listener, proxy::forward::Forward::new(shared.clone(), ca)))
+                let fwd = proxy::forward::Forward::new(shared.clone(), ca);
+                // Before anything serves: the app (and a startup probe) may wait for them.
+                fwd.write_trust().map_err(|message| ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: "forward_proxy.trust_dir".into(),
+                    message,
+                })?;
+                Some((listener, fwd))
             }
         };
         Ok(Self {

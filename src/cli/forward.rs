@@ -173,6 +173,7 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
         ca: None,
         unknown_hosts: UnknownHosts::Deny,
         tunnel: Vec::new(),
+        trust_dir: None,
     });
     c.forward_proxy = Some(ForwardProxy {
         address: loopback,

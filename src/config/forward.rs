@@ -20,6 +20,8 @@ pub struct ForwardProxy {
     pub unknown_hosts: UnknownHosts,
     /// Exact `host:port` names tunnelled blind (no key, no policy).
     pub tunnel: Vec<(String, u16)>,
+    /// Where `ca.crt` and `bundle.pem` are written for the app to trust (a shared volume).
+    pub trust_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,13 +92,9 @@ pub(super) fn forward_proxy(
         return Ok(None);
     };
     let raw = spanned.get_ref();
-    if gateway {
-        return ctx.err(
-            "forward_proxy",
-            Some(spanned.span()),
-            "a gateway ([[caller]]) cannot have a forward proxy yet: callers would need Proxy-Authorization, which is not built",
-        );
-    }
+    // Gateway callers identify with a caller token in Proxy-Authorization; certificate
+    // callers cannot (the forward listener is plain HTTP on loopback).
+    let _ = gateway;
     let address = address(
         ctx,
         "forward_proxy.address",
@@ -183,6 +181,7 @@ pub(super) fn forward_proxy(
         ca,
         unknown_hosts,
         tunnel,
+        trust_dir: raw.trust_dir.as_ref().map(|d| ctx.dir.join(d.get_ref())),
     }))
 }
 

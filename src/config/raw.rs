@@ -46,6 +46,7 @@ pub(crate) struct RawForwardProxy {
     pub unknown_hosts: Option<Spanned<String>>,
     #[serde(default)]
     pub tunnel: Vec<Spanned<String>>,
+    pub trust_dir: Option<Spanned<String>>,
 }
 
 /// One named API: its origin (every `[upstream]` setting), where it is reached locally,

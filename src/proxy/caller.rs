@@ -15,6 +15,10 @@ use crate::config::{Config, Identity};
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
     pub cert_names: Option<Arc<[String]>>,
+    /// The caller the forward proxy identified by `Proxy-Authorization` when the tunnel was
+    /// opened (by name: a reload may reorder callers). Requests inside the tunnel are that
+    /// caller's.
+    pub proxy_caller: Option<Arc<str>>,
 }
 
 /// Why a gateway caller was not identified (the `reason` in the 401 body).
@@ -43,27 +47,19 @@ pub fn identify(config: &Config, peer: &Peer, headers: &HeaderMap) -> Result<usi
     if !config.gateway {
         return Ok(0);
     }
+    if let Some(name) = &peer.proxy_caller {
+        return config
+            .principals
+            .iter()
+            .position(|p| p.name == *name)
+            .ok_or(Unidentified::Missing);
+    }
     let by_cert = peer.cert_names.as_deref().and_then(|names| {
         config.principals.iter().position(
             |p| matches!(&p.identity, Identity::ClientCert(san) if names.iter().any(|n| n == san)),
         )
     });
-    let by_token = match bearer_token(headers) {
-        Some(token) => {
-            let hash: [u8; 32] = Sha256::digest(token).into();
-            // Every stored hash is compared, all bytes each: no early exit to time.
-            let mut found = None;
-            for (i, p) in config.principals.iter().enumerate() {
-                if let Identity::Token(stored) = &p.identity {
-                    if constant_time_eq(stored, &hash) {
-                        found = Some(i);
-                    }
-                }
-            }
-            Some(found.ok_or(Unidentified::UnknownToken))
-        }
-        None => None,
-    };
+    let by_token = bearer_token(headers).map(|token| by_token(config, token));
     match (by_cert, by_token) {
         (Some(c), None) => Ok(c),
         (Some(c), Some(Ok(t))) if c == t => Ok(c),
@@ -73,6 +69,44 @@ pub fn identify(config: &Config, peer: &Peer, headers: &HeaderMap) -> Result<usi
         (None, Some(t)) => t,
         (None, None) => Err(Unidentified::Missing),
     }
+}
+
+/// The caller whose token this is (every stored hash compared, all bytes each: no early exit
+/// to time).
+pub fn by_token(config: &Config, token: &[u8]) -> Result<usize, Unidentified> {
+    let hash: [u8; 32] = Sha256::digest(token).into();
+    let mut found = None;
+    for (i, p) in config.principals.iter().enumerate() {
+        if let Identity::Token(stored) = &p.identity {
+            if constant_time_eq(stored, &hash) {
+                found = Some(i);
+            }
+        }
+    }
+    found.ok_or(Unidentified::UnknownToken)
+}
+
+/// The caller token in `Proxy-Authorization`: `Bearer <token>`, or `Basic` with the token as
+/// the password (for clients that only take credentials in the proxy URL).
+pub fn proxy_token(headers: &HeaderMap) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    use base64::Engine as _;
+    let value = headers.get(http::header::PROXY_AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    let rest = rest.trim_ascii();
+    let token = if scheme.eq_ignore_ascii_case(b"bearer") {
+        rest.to_vec()
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        let decoded = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?,
+        );
+        let colon = decoded.iter().position(|b| *b == b':')?;
+        decoded.get(colon + 1..)?.to_vec()
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then(|| zeroize::Zeroizing::new(token))
 }
 
 /// The token in `Authorization: Bearer <token>` (scheme case-insensitive).
@@ -139,13 +173,33 @@ mod tests {
     }
 
     #[test]
+    fn proxy_authorization_bearer_or_basic_password() {
+        use base64::Engine as _;
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("proxy-authorization", HeaderValue::from_str(v).unwrap());
+            m
+        };
+        let tok = |m: &HeaderMap| proxy_token(m).map(|t| String::from_utf8(t.to_vec()).unwrap());
+        assert_eq!(tok(&h("Bearer skc_1")).as_deref(), Some("skc_1"));
+        let basic = base64::engine::general_purpose::STANDARD.encode("me:skc_2");
+        assert_eq!(tok(&h(&format!("basic {basic}"))).as_deref(), Some("skc_2"));
+        let no_pass = base64::engine::general_purpose::STANDARD.encode("me:");
+        assert_eq!(tok(&h(&format!("Basic {no_pass}"))), None);
+        assert_eq!(tok(&h("Digest x")), None);
+        assert_eq!(tok(&HeaderMap::new()), None);
+    }
+
+    #[test]
     fn certificates_and_tokens_identify_one_caller_or_none() {
         let config = gateway();
         let cert = Peer {
             cert_names: Some(Arc::from(vec!["spiffe://corp/a".to_owned()])),
+            proxy_caller: None,
         };
         let stranger = Peer {
             cert_names: Some(Arc::from(vec!["spiffe://corp/zz".to_owned()])),
+            proxy_caller: None,
         };
         let token = |t: &'static str| {
             let mut h = HeaderMap::new();

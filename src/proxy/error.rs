@@ -40,6 +40,8 @@ pub enum ProxyError {
     HostNotAllowed(&'static str),
     /// Forward proxy: an inner request's `Host`/`:authority` is not the CONNECT host.
     AuthorityMismatch,
+    /// Forward proxy, gateway shape: no (known) caller token in `Proxy-Authorization`.
+    ProxyAuthRequired(&'static str),
 }
 
 impl ProxyError {
@@ -73,11 +75,12 @@ impl ProxyError {
             Self::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
             Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::AuthorityMismatch => StatusCode::MISDIRECTED_REQUEST,
+            Self::ProxyAuthRequired(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 15] = [
+    pub const CODES: [&'static str; 16] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -93,6 +96,7 @@ impl ProxyError {
         "upgrade_not_allowed",
         "host_not_allowed",
         "authority_mismatch",
+        "proxy_auth_required",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -113,6 +117,7 @@ impl ProxyError {
             Self::UpgradeNotAllowed => "upgrade_not_allowed",
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::AuthorityMismatch => "authority_mismatch",
+            Self::ProxyAuthRequired(_) => "proxy_auth_required",
         }
     }
 
@@ -124,7 +129,8 @@ impl ProxyError {
             | Self::CallerUnauthenticated(_)
             | Self::RateLimited(_)
             | Self::UpgradeNotAllowed
-            | Self::HostNotAllowed(_) => "deny",
+            | Self::HostNotAllowed(_)
+            | Self::ProxyAuthRequired(_) => "deny",
             Self::InvalidRequest(_)
             | Self::MethodNotAllowed
             | Self::UriTooLong
@@ -157,6 +163,7 @@ impl ProxyError {
             Self::TooManyWebSockets => "too many WebSocket tunnels are open (limits.max_websockets); retry shortly".into(),
             Self::HostNotAllowed(reason) => format!("this forward proxy only reaches its configured APIs ({reason}); nothing was sent"),
             Self::AuthorityMismatch => "the request's Host (or :authority) is not the host this tunnel was opened for; nothing was sent upstream".into(),
+            Self::ProxyAuthRequired(reason) => format!("this forward proxy serves identified callers only ({reason}): put your caller token in the proxy URL or Proxy-Authorization; nothing was sent"),
         }
     }
 
@@ -172,7 +179,8 @@ impl ProxyError {
         }
         if let Self::InvalidRequest(reason)
         | Self::CallerUnauthenticated(reason)
-        | Self::HostNotAllowed(reason) = self
+        | Self::HostNotAllowed(reason)
+        | Self::ProxyAuthRequired(reason) = self
         {
             error["reason"] = serde_json::Value::from(*reason);
         }
@@ -200,6 +208,16 @@ impl ProxyError {
         }
         if let Self::RateLimited(secs) = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if let Self::ProxyAuthRequired(_) = self {
+            h.append(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sidekey\""),
+            );
+            h.append(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sidekey\""),
+            );
         }
         if let Self::CallerUnauthenticated(_) = self {
             h.insert(
@@ -242,6 +260,7 @@ mod tests {
             ProxyError::TooManyWebSockets,
             ProxyError::HostNotAllowed("x"),
             ProxyError::AuthorityMismatch,
+            ProxyError::ProxyAuthRequired("x"),
         ];
         all.extend(kinds.iter().map(|k| ProxyError::Upstream(*k)));
         for e in &all {

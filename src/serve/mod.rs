@@ -118,7 +118,10 @@ pub async fn serve<M, H, Fut, B>(
                                     .peer_certificates()
                                     .and_then(|c| c.first())
                                     .map(|leaf| Arc::from(crate::control::tls::peer_names(leaf)));
-                                let handler = make(Peer { cert_names: names });
+                                let handler = make(Peer {
+                                    cert_names: names,
+                                    proxy_caller: None,
+                                });
                                 conn::drive(tls, builder, handler, clocks, stop, closing).await;
                                 drop(live);
                             });

@@ -32,6 +32,14 @@ struct Setup {
 }
 
 async fn setup(forward_extra: &str) -> Setup {
+    setup_with(
+        forward_extra,
+        "[service]\nname = \"forward-test\"\nallow = [\"banata/sandbox_sessions:read\"]\n",
+    )
+    .await
+}
+
+async fn setup_with(forward_extra: &str, who: &str) -> Setup {
     let upstream_ca = Ca::new("upstream CA").unwrap();
     let leaf = upstream_ca.leaf(&[HOST]).unwrap();
     let handler: sidekey::mock::Handler = Arc::new(|req| {
@@ -82,9 +90,7 @@ credential = {{ file = "secret/api-key" }}
 "sandbox_sessions:read" = ["GET /v1/sandboxes", "GET /v1/sandboxes/{{id}}"]
 "sandbox_sessions:delete" = ["DELETE /v1/sandboxes/{{id}}"]
 
-[service]
-name = "forward-test"
-allow = ["banata/sandbox_sessions:read"]
+{who}
 "#,
         addr = mock.addr(),
     );
@@ -98,10 +104,16 @@ allow = ["banata/sandbox_sessions:read"]
 
 /// Sends `CONNECT authority` and returns the stream and the response head.
 async fn connect(proxy: SocketAddr, authority: &str) -> (TcpStream, String) {
+    connect_with(proxy, authority, "").await
+}
+
+async fn connect_with(proxy: SocketAddr, authority: &str, extra: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{extra}\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -220,7 +232,18 @@ async fn an_intercepted_call_gets_the_key_and_the_allow_list() {
 
 #[tokio::test]
 async fn sni_must_be_the_connect_host() {
-    let s = setup("").await;
+    let s = setup("trust_dir = \"trust\"").await;
+    // The trust files for the app were written before the proxy served.
+    let trust = s.p.dir.path().join("trust");
+    assert_eq!(
+        std::fs::read_to_string(trust.join("ca.crt")).unwrap(),
+        s.ca_pem
+    );
+    assert!(
+        std::fs::read_to_string(trust.join("bundle.pem"))
+            .unwrap()
+            .ends_with(&s.ca_pem)
+    );
     let (tcp, head) = connect(s.p.forward.unwrap(), &format!("{HOST}:443")).await;
     assert!(head.starts_with("HTTP/1.1 200"));
     // The client trusts the CA and asks for another name: the handshake is refused.
@@ -362,5 +385,80 @@ async fn a_readable_ca_key_is_refused() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("readable by group or others"), "{err}");
+    s.p.stop().await;
+}
+
+/// Gateway shape: callers identify with their token in Proxy-Authorization (Bearer, or
+/// Basic with the token as the password); without it, 407 with Proxy-Authenticate. The
+/// token never reaches the upstream.
+#[tokio::test]
+async fn gateway_callers_identify_with_proxy_authorization() {
+    let token = "skc_forward-gateway-token-0001";
+    let who = format!(
+        "[[caller]]\nname = \"agent\"\ntoken_sha256 = \"{}\"\nallow = [\"banata/sandbox_sessions:read\"]\n",
+        sidekey::proxy::caller::token_sha256(token)
+    );
+    let s = setup_with("", &who).await;
+    let fwd = s.p.forward.unwrap();
+    let (_, head) = connect(fwd, &format!("{HOST}:443")).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic realm=\"sidekey\""),
+        "{head}"
+    );
+    assert!(head.contains("\"proxy_auth_required\""), "{head}");
+    let (_, head) = connect_with(
+        fwd,
+        &format!("{HOST}:443"),
+        "Proxy-Authorization: Bearer skc_wrong\r\n",
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 407") && head.contains("unknown_token"),
+        "{head}"
+    );
+
+    let bearer = format!("Proxy-Authorization: Bearer {token}\r\n");
+    let (tcp, head) = connect_with(fwd, &format!("{HOST}:443"), &bearer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let tls = tls_client(&s.ca_pem, &[b"http/1.1"])
+        .connect(ServerName::try_from(HOST).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The app inside the tunnel sends its own (placeholder) Authorization: not a caller token.
+    let req = Request::builder()
+        .uri("/v1/sandboxes")
+        .header("host", HOST)
+        .header("authorization", "Bearer sidekey-placeholder-not-a-key")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(tx.send_request(req).await.unwrap().status(), 200);
+
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("agent:{token}"));
+    let out = raw(
+        fwd,
+        format!("GET http://{HOST}/v1/sandboxes/sb_1 HTTP/1.1\r\nHost: {HOST}\r\nProxy-Authorization: Basic {basic}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = s.mock.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.headers["authorization"], format!("Bearer {KEY}"));
+        assert!(r.headers.get("proxy-authorization").is_none());
+        let all: String = r
+            .headers
+            .values()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        assert!(!all.contains(token) && !all.contains(&basic), "{all}");
+    }
     s.p.stop().await;
 }

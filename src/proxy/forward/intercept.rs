@@ -63,8 +63,8 @@ fn refusing() -> Option<Arc<rustls::ServerConfig>> {
 pub(super) async fn run(
     fwd: Arc<Forward>,
     api: Arc<str>,
-    host: String,
-    port: u16,
+    peer: Peer,
+    (host, port): (String, u16),
     (handshake, idle): (Duration, Duration),
     switched: Switched,
 ) {
@@ -105,10 +105,11 @@ pub(super) async fn run(
     };
     let inner_closing = closing.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let (fwd, api, host) = (fwd.clone(), api.clone(), host.clone());
+        let (fwd, api, host, peer) = (fwd.clone(), api.clone(), host.clone(), peer.clone());
         let closing = inner_closing.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(inner(fwd, api, &host, port, closing, req).await)
+            let at = (&*host, port);
+            Ok::<_, std::convert::Infallible>(inner(fwd, api, peer, at, closing, req).await)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -138,8 +139,8 @@ fn same_authority(value: &str, host: &str, port: u16) -> bool {
 async fn inner(
     fwd: Arc<Forward>,
     api: Arc<str>,
-    host: &str,
-    port: u16,
+    peer: Peer,
+    (host, port): (&str, u16),
     closing: watch::Receiver<bool>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -180,7 +181,7 @@ async fn inner(
         .then(|| hyper::upgrade::on(&mut req));
     let shared = fwd.shared.clone();
     let req = req.map(RequestBody::detached);
-    let Ok(mut resp) = crate::proxy::handle(shared, Peer::default(), Via::Forward(api), req).await;
+    let Ok(mut resp) = crate::proxy::handle(shared, peer, Via::Forward(api), req).await;
     // A WebSocket inside the tunnel: once hyper has switched, the tunnel runs on it.
     if let (Some(upgrade), Some(on)) = (resp.extensions_mut().remove::<Upgrade>(), on_upgrade) {
         tokio::spawn(async move {

@@ -96,6 +96,33 @@ pub fn route(config: &Config, host: &str, port: u16) -> Target {
 }
 
 impl Forward {
+    /// Writes `ca.crt` and `bundle.pem` into the configured `trust_dir` (write, then rename:
+    /// a reader never sees half a file).
+    pub fn write_trust(&self) -> Result<(), String> {
+        let snap = self.shared.load();
+        let Some(dir) = snap
+            .config
+            .forward_proxy
+            .as_ref()
+            .and_then(|f| f.trust_dir.clone())
+        else {
+            return Ok(());
+        };
+        let ca = self.ca.load();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        for (name, text) in [
+            ("ca.crt", ca.cert_pem().to_owned()),
+            ("bundle.pem", crate::control::ca::bundle(ca.cert_pem())),
+        ] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, dir.join(name)))
+                .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))?;
+        }
+        Ok(())
+    }
+
     pub fn new(shared: Arc<Shared>, ca: InterceptCa) -> Arc<Self> {
         metrics::gauge!(telemetry::CA_NOT_AFTER_SECONDS).set(ca.not_after as f64);
         warn_if_expiring(&ca);
@@ -114,6 +141,9 @@ impl Forward {
         tracing::info!(fingerprint = &*ca.fingerprint, "interception CA loaded");
         warn_if_expiring(&ca);
         self.ca.store(Arc::new(ca));
+        if let Err(e) = self.write_trust() {
+            tracing::warn!(error = %e, "cannot write the trust files for the app");
+        }
     }
 
     pub fn ca(&self) -> Arc<InterceptCa> {
@@ -224,11 +254,31 @@ pub async fn handle(
     req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let request_id = request_id::from_headers(req.headers());
+    // Gateway shape: the caller token in Proxy-Authorization names the caller for the whole
+    // tunnel (it is stripped with every caller credential and never sent upstream).
+    let caller = {
+        let snap = fwd.shared.load();
+        if snap.config.gateway {
+            let found = super::caller::proxy_token(req.headers())
+                .ok_or(super::caller::Unidentified::Missing)
+                .and_then(|t| super::caller::by_token(&snap.config, &t));
+            match found.map(|i| snap.config.principals.get(i).map(|p| p.name.clone())) {
+                Ok(Some(name)) => Some(name),
+                Ok(None) => None,
+                Err(why) => {
+                    let e = ProxyError::ProxyAuthRequired(why.reason());
+                    return Ok(refuse(&e, &request_id));
+                }
+            }
+        } else {
+            None
+        }
+    };
     if req.method() == Method::CONNECT {
-        return Ok(connect(fwd, req, &request_id).await);
+        return Ok(connect(fwd, req, caller, &request_id).await);
     }
     if req.uri().scheme().is_some() {
-        return Ok(absolute(fwd, req, &request_id).await);
+        return Ok(absolute(fwd, req, caller, &request_id).await);
     }
     let e = ProxyError::InvalidRequest("not_a_proxy_request");
     Ok(refuse(&e, &request_id))
@@ -237,6 +287,7 @@ pub async fn handle(
 async fn connect(
     fwd: Arc<Forward>,
     req: Request<RequestBody>,
+    caller: Option<Arc<str>>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let Some((host, port)) = req
@@ -264,8 +315,12 @@ async fn connect(
             let host = normalise_host(&host).unwrap_or(host);
             let timeout = snap.config.listener.header_read_timeout;
             let idle = snap.config.listener.idle_timeout;
+            let peer = Peer {
+                cert_names: None,
+                proxy_caller: caller,
+            };
             let upgrade = Upgrade::new(move |switched| {
-                intercept::run(fwd, name, host, port, (timeout, idle), switched)
+                intercept::run(fwd, name, peer, (host, port), (timeout, idle), switched)
             });
             established(upgrade)
         }
@@ -307,6 +362,7 @@ fn established(upgrade: Upgrade) -> Response<ProxyBody> {
 async fn absolute(
     fwd: Arc<Forward>,
     req: Request<RequestBody>,
+    caller: Option<Arc<str>>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let uri = req.uri();
@@ -367,7 +423,11 @@ async fn absolute(
     drop(snap);
     let shared = fwd.shared.clone();
     let req = Request::from_parts(parts, body);
-    let Ok(resp) = super::handle(shared, Peer::default(), Via::Forward(name), req).await;
+    let peer = Peer {
+        cert_names: None,
+        proxy_caller: caller,
+    };
+    let Ok(resp) = super::handle(shared, peer, Via::Forward(name), req).await;
     resp
 }
 
