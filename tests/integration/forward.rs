@@ -462,3 +462,92 @@ async fn gateway_callers_identify_with_proxy_authorization() {
     }
     s.p.stop().await;
 }
+
+/// Inside the tunnel, the reverse listener's rules hold: an `Upgrade: h2c` is stripped and
+/// never forwarded, and a request smuggled behind a two-way framed one (Content-Length with
+/// Transfer-Encoding) never reaches the upstream.
+#[tokio::test]
+async fn smuggling_and_h2c_inside_the_tunnel() {
+    let s = setup("").await;
+    let (tcp, head) = connect(s.p.forward.unwrap(), &format!("{HOST}:443")).await;
+    assert!(head.starts_with("HTTP/1.1 200"));
+    let mut tls = tls_client(&s.ca_pem, &[b"http/1.1"])
+        .connect(ServerName::try_from(HOST).unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(format!("GET /v1/sandboxes HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    tls.write_all(format!("GET /v1/sandboxes HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/admin HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut rest)).await;
+    let out = String::from_utf8_lossy(&rest).into_owned();
+    // As on the reverse listener: hyper frames CL + TE by chunked and closes after the
+    // response, so the request hidden behind it is never read.
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "one response: {out}");
+    let seen = s.mock.requests();
+    assert!(seen.iter().all(|r| !r.target.contains("admin")), "{seen:?}");
+    assert!(
+        seen.iter().all(
+            |r| r.headers.get("upgrade").is_none() && r.headers.get("http2-settings").is_none()
+        )
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.headers.get("content-length").is_none_or(|v| v == "0")),
+        "{seen:?}"
+    );
+    s.p.stop().await;
+}
+
+/// OpenSSL's own client through the proxy: the right name completes the handshake against
+/// the interception CA; another SNI gets an alert and no certificate.
+#[tokio::test]
+async fn openssl_s_client_sees_the_leaf_and_the_sni_refusal() {
+    let s = setup("").await;
+    let fwd = s.p.forward.unwrap().to_string();
+    let ca = s.p.dir.path().join("ca/ca.crt");
+    let run = |sni: &'static str| {
+        let (fwd, ca) = (fwd.clone(), ca.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-proxy",
+                    &fwd,
+                    "-connect",
+                    &format!("{HOST}:443"),
+                    "-servername",
+                    sni,
+                    "-CAfile",
+                    ca.to_str().unwrap(),
+                    "-verify_return_error",
+                    "-brief",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+    };
+    let (ok, text) = run(HOST).await.unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("Verification: OK"), "{text}");
+    let (ok, text) = run("other.banata.test").await.unwrap();
+    assert!(!ok, "{text}");
+    assert!(text.to_ascii_lowercase().contains("alert"), "{text}");
+    s.p.stop().await;
+}
