@@ -86,15 +86,13 @@ pub(super) fn forward_proxy(
     ctx: &Ctx<'_>,
     raw: Option<&Spanned<RawForwardProxy>>,
     apis: &[Api],
-    gateway: bool,
 ) -> Result<Option<ForwardProxy>, ConfigError> {
     let Some(spanned) = raw else {
         return Ok(None);
     };
-    let raw = spanned.get_ref();
     // Gateway callers identify with a caller token in Proxy-Authorization; certificate
     // callers cannot (the forward listener is plain HTTP on loopback).
-    let _ = gateway;
+    let raw = spanned.get_ref();
     let address = address(
         ctx,
         "forward_proxy.address",

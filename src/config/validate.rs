@@ -258,8 +258,7 @@ pub(crate) fn validate(
         )?,
     };
     let limits = limits(ctx, &raw.limits)?;
-    let forward_proxy =
-        super::forward::forward_proxy(ctx, raw.forward_proxy.as_ref(), &apis, gateway)?;
+    let forward_proxy = super::forward::forward_proxy(ctx, raw.forward_proxy.as_ref(), &apis)?;
     let mut tests = Vec::with_capacity(raw.test.len());
     for (i, t) in raw.test.iter().enumerate() {
         let key = format!("test[{i}]");

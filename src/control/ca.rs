@@ -54,11 +54,6 @@ fn offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from(t)
 }
 
-fn short_sha(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
 /// CA parameters: P-256, CA:TRUE pathlen 0, name-constrained to `hosts` (none: unconstrained).
 fn ca_params(hosts: &[String], validity: Duration) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -96,7 +91,7 @@ impl InterceptCa {
         let ca = Self {
             cert: cert.der().clone(),
             cert_pem: cert.pem(),
-            fingerprint: short_sha(cert.der()),
+            fingerprint: crate::control::secret::fingerprint(cert.der()),
             not_after: unix(SystemTime::now() + validity),
             issuer: Issuer::new(params, key),
             digest: None,
@@ -148,7 +143,7 @@ impl InterceptCa {
         }
         let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| e.to_string())?;
         Ok(Self {
-            fingerprint: short_sha(&cert),
+            fingerprint: crate::control::secret::fingerprint(&cert),
             cert_pem: cert_pem.clone(),
             cert,
             not_after,
@@ -259,7 +254,6 @@ fn check_key_file(path: &Path) -> Result<(), String> {
 /// `sidekey ca init`: writes `ca.crt` (0644) and `ca.key` (0600, created new) into `dir`;
 /// refuses to overwrite either.
 pub fn init(dir: &Path, hosts: &[String], validity: Duration) -> Result<InterceptCa, String> {
-    use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
     for p in [&cert_path, &key_path] {
@@ -268,31 +262,27 @@ pub fn init(dir: &Path, hosts: &[String], validity: Duration) -> Result<Intercep
         }
     }
     let (ca, key_pem) = InterceptCa::generate(hosts, validity)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&key_path)
-        .map_err(|e| format!("cannot create {}: {e}", key_path.display()))?;
-    f.write_all(key_pem.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o644);
-    }
-    let mut f = opts
-        .open(&cert_path)
-        .map_err(|e| format!("cannot create {}: {e}", cert_path.display()))?;
-    f.write_all(ca.cert_pem.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    create_new(&key_path, 0o600, key_pem.as_bytes())?;
+    create_new(&cert_path, 0o644, ca.cert_pem.as_bytes())?;
     Ok(ca)
+}
+
+/// Writes a file that must not exist yet, with `mode` from the start (never a window in
+/// which a key file is readable by others).
+fn create_new(path: &Path, mode: u32, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    opts.open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The system trust bundle followed by `ca_pem`, for variables that replace the trust store

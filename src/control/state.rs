@@ -157,8 +157,8 @@ impl Shared {
     /// After an upstream 401: asks the reload task to re-read the key sources now and waits
     /// (at most `wait`) for the snapshot it publishes. At most one re-read a second, however
     /// many 401s arrive (a revoked key must not become a read storm); requests that arrive
-    /// meanwhile share the one in flight. Returns whether a re-read was asked for.
-    pub async fn reread_keys(&self, wait: std::time::Duration) -> bool {
+    /// meanwhile share the one in flight.
+    pub async fn reread_keys(&self, wait: std::time::Duration) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_reread_ms.load(Ordering::Relaxed);
         let mut changed = self.generation.subscribe();
@@ -173,12 +173,11 @@ impl Shared {
             >= self.last_reread_ms.load(Ordering::Acquire)
         {
             // The last re-read (under a second ago) is done: its snapshot is current.
-            return false;
+            return;
         }
         // The re-read in flight (ours or another 401's) publishes a snapshot, or finds
         // nothing new: either way this returns within `wait`.
         let _ = tokio::time::timeout(wait, changed.changed()).await;
-        asked
     }
 
     /// Resolves when a 401 asked for a re-read (the reload task waits on it).

@@ -25,7 +25,8 @@ node_dir="$root/target/clients-node"
 if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y --no-install-recommends nodejs npm > /dev/null
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends nodejs npm > /dev/null
 fi
 if ! grep -qs "\"version\": \"$undici_version\"" "$node_dir/node_modules/undici/package.json"; then
   npm install --silent --no-audit --no-fund --prefix "$node_dir" "undici@$undici_version" > /dev/null

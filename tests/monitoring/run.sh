@@ -7,11 +7,13 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-if ! command -v promtool > /dev/null || ! command -v prometheus > /dev/null; then
-  $sudo apt-get install -y --no-install-recommends prometheus > /dev/null
-fi
-if ! command -v chromium > /dev/null; then
-  $sudo apt-get install -y --no-install-recommends chromium > /dev/null
+missing=()
+command -v promtool > /dev/null && command -v prometheus > /dev/null || missing+=(prometheus)
+command -v chromium > /dev/null || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  # A fresh machine may have empty package lists: refresh them first.
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 promtool check rules "$root/deploy/monitoring/sidekey-alerts.yml"
 (cd "$root/deploy/monitoring" && promtool test rules alerts-test.yml)

@@ -8,66 +8,23 @@ Run by tests/monitoring/run.sh; argv: sidekey binary, prometheus binary, repo ro
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-def wait(what, cond, limit=60):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            got = cond()
-            if got:
-                return got
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"timed out waiting for {what}")
+from common import free_port, get, wait, write_config
 
 
 def main():
     sidekey, prometheus, root = sys.argv[1], sys.argv[2], sys.argv[3]
     with tempfile.TemporaryDirectory() as work:
         key = os.path.join(work, "api-key")
-        with open(key, "w") as f:
-            f.write("sk_prometheus_test_0001")
         admin, listener = free_port(), free_port()
-        config = os.path.join(work, "sidekey.toml")
-        with open(config, "w") as f:
-            f.write(f"""
-[listener]
-address = "127.0.0.1:{listener}"
-[admin]
-address = "127.0.0.1:{admin}"
-[upstream]
-url = "https://api.example.invalid"
-[credential]
-file = "api-key"
-[service]
-name = "prom-test"
-allow = ["read"]
-[permissions]
-"read" = ["GET /v1/x", {{ route = "GET /v1/stream", websocket = true }}]
-[reload]
-interval = "1s"
-debounce = "50ms"
-""")
+        config = write_config(work, "sk_prometheus_test_0001", "prom-test", listener, admin,
+                              '"read" = ["GET /v1/x", { route = "GET /v1/stream", websocket = true }]',
+                              '[reload]\ninterval = "1s"\ndebounce = "50ms"')
         log = open(os.path.join(work, "sidekey.log"), "w")
         proc = subprocess.Popen([sidekey, "run", "--config", config], stdout=log, stderr=subprocess.STDOUT)
         prom_port = free_port()

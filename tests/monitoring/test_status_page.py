@@ -6,56 +6,24 @@ Run by tests/monitoring/run.sh; argv: sidekey binary, chromium binary.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import free_port, wait, write_config
 
 
 def main():
     sidekey, chromium = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory() as work:
-        with open(os.path.join(work, "api-key"), "w") as f:
-            f.write("sk_status_browser_0001")
         admin, listener = free_port(), free_port()
-        config = os.path.join(work, "sidekey.toml")
-        with open(config, "w") as f:
-            f.write(f"""
-[listener]
-address = "127.0.0.1:{listener}"
-[admin]
-address = "127.0.0.1:{admin}"
-[upstream]
-url = "https://api.example.invalid"
-[credential]
-file = "api-key"
-[service]
-name = "browser-test"
-allow = ["read"]
-[permissions]
-"read" = ["GET /v1/items"]
-"write" = ["POST /v1/items"]
-""")
+        config = write_config(work, "sk_status_browser_0001", "browser-test", listener, admin,
+                              '"read" = ["GET /v1/items"]\n"write" = ["POST /v1/items"]')
         proc = subprocess.Popen([sidekey, "run", "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.time() + 20
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2)
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise SystemExit("sidekey did not start")
-                    time.sleep(0.1)
+            wait("sidekey to serve", lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2), limit=20)
             req = urllib.request.Request(f"http://127.0.0.1:{listener}/v1/items?api_token=hidden", method="POST", data=b"{}")
             try:
                 urllib.request.urlopen(req, timeout=5)

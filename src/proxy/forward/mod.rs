@@ -256,8 +256,9 @@ pub async fn handle(
     let request_id = request_id::from_headers(req.headers());
     // Gateway shape: the caller token in Proxy-Authorization names the caller for the whole
     // tunnel (it is stripped with every caller credential and never sent upstream).
+    // One snapshot decides the CONNECT (or absolute-form) request.
+    let snap = fwd.shared.load();
     let caller = {
-        let snap = fwd.shared.load();
         if snap.config.gateway {
             let found = super::caller::proxy_token(req.headers())
                 .ok_or(super::caller::Unidentified::Missing)
@@ -275,10 +276,10 @@ pub async fn handle(
         }
     };
     if req.method() == Method::CONNECT {
-        return Ok(connect(fwd, req, caller, &request_id).await);
+        return Ok(connect(fwd, snap, req, caller, &request_id).await);
     }
     if req.uri().scheme().is_some() {
-        return Ok(absolute(fwd, req, caller, &request_id).await);
+        return Ok(absolute(fwd, snap, req, caller, &request_id).await);
     }
     let e = ProxyError::InvalidRequest("not_a_proxy_request");
     Ok(refuse(&e, &request_id))
@@ -286,6 +287,7 @@ pub async fn handle(
 
 async fn connect(
     fwd: Arc<Forward>,
+    snap: Arc<crate::control::state::Snapshot>,
     req: Request<RequestBody>,
     caller: Option<Arc<str>>,
     request_id: &HeaderValue,
@@ -298,7 +300,6 @@ async fn connect(
         let e = ProxyError::InvalidRequest("connect_needs_host_and_port");
         return refuse(&e, request_id);
     };
-    let snap = fwd.shared.load();
     match route(&snap.config, &host, port) {
         Target::Deny(reason) => {
             log_decision(&host, port, "deny", Some(reason), 403);
@@ -361,6 +362,7 @@ fn established(upgrade: Upgrade) -> Response<ProxyBody> {
 /// pipeline with TLS origination; anything else 403.
 async fn absolute(
     fwd: Arc<Forward>,
+    snap: Arc<crate::control::state::Snapshot>,
     req: Request<RequestBody>,
     caller: Option<Arc<str>>,
     request_id: &HeaderValue,
@@ -369,7 +371,6 @@ async fn absolute(
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return refuse(&ProxyError::InvalidRequest("invalid_target"), request_id);
     };
-    let snap = fwd.shared.load();
     let host = authority.host().to_owned();
     // No port: the API's own (the client asked for the host, sidekey speaks TLS to it).
     let api_port = normalise_host(&host).and_then(|h| {
