@@ -58,6 +58,15 @@ pub const WEBSOCKETS_OPEN: &str = "sidekey_websockets_open";
 /// WebSocket handshakes decided: `api`, `caller`, `permission`, `result` (upgraded,
 /// refused: by sidekey, upstream_refused: the upstream did not switch).
 pub const WEBSOCKET_SESSIONS_TOTAL: &str = "sidekey_websocket_sessions_total";
+/// Shared (Redis) rate-limit decisions by `result`: allowed, limited, fallback_allowed,
+/// fallback_limited.
+pub const SHARED_LIMIT_DECISIONS_TOTAL: &str = "sidekey_shared_limit_decisions_total";
+/// Redis calls that did not decide, by `reason` (timeout, connection, auth, server, backoff).
+pub const SHARED_LIMIT_ERRORS_TOTAL: &str = "sidekey_shared_limit_errors_total";
+/// Histogram of shared-limiter round trips.
+pub const SHARED_LIMIT_DURATION: &str = "sidekey_shared_limit_duration_seconds";
+/// 1 while the shared limiter's last call succeeded (or none was made yet), else 0.
+pub const SHARED_LIMIT_UP: &str = "sidekey_shared_limit_up";
 /// Bytes through WebSocket tunnels: `api`, `caller`, `direction` (to_upstream, to_client).
 pub const WEBSOCKET_BYTES_TOTAL: &str = "sidekey_websocket_bytes_total";
 
@@ -138,6 +147,14 @@ fn describe() {
         WEBSOCKET_BYTES_TOTAL,
         "Bytes through WebSocket tunnels, by api, caller and direction"
     );
+    describe_counter!(
+        SHARED_LIMIT_DECISIONS_TOTAL,
+        "Shared (Redis) rate-limit decisions, by result"
+    );
+    describe_counter!(
+        SHARED_LIMIT_ERRORS_TOTAL,
+        "Shared rate-limit decisions Redis did not make, by reason (the fallback decided)"
+    );
 }
 
 /// `decision` label values, in table order.
@@ -194,20 +211,31 @@ const DURATION_BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// `sidekey_request_duration_seconds`: fixed buckets of atomics, recorded with one
-/// increment and rendered by `/metrics`. (The exporter's histogram keeps every raw sample
-/// until its next upkeep: at saturation that was megabytes and an allocation per 64
-/// requests.)
+/// Upper bounds of the shared-limiter round-trip buckets, seconds (a loopback or in-zone
+/// Redis answers in tens to hundreds of microseconds; the timeout defaults to 20 ms).
+const SHARED_LIMIT_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A histogram's buckets: fixed atomics, recorded with one increment and rendered by
+/// `/metrics`. (The exporter's histogram keeps every raw sample until its next upkeep: at
+/// saturation that was megabytes and an allocation per 64 requests.)
 #[derive(Debug)]
 pub struct DurationHistogram {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64; 14],
     /// Per bucket (not cumulative); the last is `+Inf`.
     buckets: [AtomicU64; DURATION_BOUNDS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
 impl DurationHistogram {
-    const fn new() -> Self {
+    const fn new(name: &'static str, help: &'static str, bounds: &'static [f64; 14]) -> Self {
         Self {
+            name,
+            help,
+            bounds,
             buckets: [const { AtomicU64::new(0) }; DURATION_BOUNDS.len() + 1],
             sum_nanos: AtomicU64::new(0),
         }
@@ -215,10 +243,11 @@ impl DurationHistogram {
 
     pub fn record(&self, elapsed: std::time::Duration) {
         let secs = elapsed.as_secs_f64();
-        let i = DURATION_BOUNDS
+        let i = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(DURATION_BOUNDS.len());
+            .unwrap_or(self.bounds.len());
         if let Some(b) = self.buckets.get(i) {
             b.fetch_add(1, Ordering::Relaxed);
         }
@@ -229,33 +258,42 @@ impl DurationHistogram {
     /// Prometheus text for the histogram (cumulative buckets, sum, count).
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP {REQUEST_DURATION} Time to response headers\n# TYPE {REQUEST_DURATION} histogram"
-        );
+        let (name, help) = (self.name, self.help);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut total = 0u64;
         for (i, b) in self.buckets.iter().enumerate() {
             total += b.load(Ordering::Relaxed);
-            match DURATION_BOUNDS.get(i) {
+            match self.bounds.get(i) {
                 Some(le) => {
-                    let _ = writeln!(out, "{REQUEST_DURATION}_bucket{{le=\"{le}\"}} {total}");
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
                 }
                 None => {
-                    let _ = writeln!(out, "{REQUEST_DURATION}_bucket{{le=\"+Inf\"}} {total}");
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
                 }
             }
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "{REQUEST_DURATION}_sum {sum}\n{REQUEST_DURATION}_count {total}"
-        );
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
     }
 }
 
 /// The process-wide request-duration histogram.
 pub fn request_duration() -> &'static DurationHistogram {
-    static H: DurationHistogram = DurationHistogram::new();
+    static H: DurationHistogram = DurationHistogram::new(
+        REQUEST_DURATION,
+        "Time to response headers",
+        &DURATION_BOUNDS,
+    );
+    &H
+}
+
+/// Round trips to the shared limiter (answered, failed or timed out).
+pub fn shared_limit_duration() -> &'static DurationHistogram {
+    static H: DurationHistogram = DurationHistogram::new(
+        SHARED_LIMIT_DURATION,
+        "Time for one shared rate-limit decision in Redis",
+        &SHARED_LIMIT_BOUNDS,
+    );
     &H
 }
 
@@ -279,7 +317,7 @@ mod tests {
 
     #[test]
     fn duration_buckets_are_cumulative() {
-        let h = DurationHistogram::new();
+        let h = DurationHistogram::new(REQUEST_DURATION, "t", &DURATION_BOUNDS);
         h.record(Duration::from_micros(100));
         h.record(Duration::from_millis(3));
         h.record(Duration::from_secs(60));

@@ -107,6 +107,7 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
         "generation": snap.generation,
         "mode": snap.config.service.mode.as_str(),
         "credentials": list,
+        "limiter": limiter_status(&snap),
     });
     let status = if snap.missing_credentials().is_empty() {
         StatusCode::OK
@@ -116,12 +117,30 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
     json(status, &body)
 }
 
+/// Where caller rates are decided: this replica (`local`) or Redis, with its health.
+pub(crate) fn limiter_status(snap: &crate::control::state::Snapshot) -> serde_json::Value {
+    match &snap.shared_limiter {
+        Some(shared) => shared.status(),
+        None => serde_json::json!({ "backend": "local" }),
+    }
+}
+
 /// The recorder's metrics plus gauges rendered from the live snapshot, so the credential
 /// series always shows the current fingerprint only (the old series is gone at once).
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     let snap = shared.load();
     let mut text = telemetry::metrics().render();
     telemetry::request_duration().render(&mut text);
+    if let Some(shared) = &snap.shared_limiter {
+        telemetry::shared_limit_duration().render(&mut text);
+        let _ = writeln!(
+            text,
+            "# TYPE {} gauge\n{} {}",
+            telemetry::SHARED_LIMIT_UP,
+            telemetry::SHARED_LIMIT_UP,
+            u8::from(shared.healthy())
+        );
+    }
     let ready = u8::from(shared.readiness().is_ok());
     let _ = writeln!(
         text,

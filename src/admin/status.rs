@@ -87,6 +87,31 @@ fn age(at: SystemTime) -> String {
     }
 }
 
+/// Where caller rates are decided, and the shared limiter's health.
+fn limiter(h: &mut String, snap: &crate::control::state::Snapshot) {
+    let Some(shared) = &snap.shared_limiter else {
+        h.push_str("<h2>Rate limits</h2><p id=\"limiter\">Decided by this replica (local).</p>");
+        return;
+    };
+    let s = shared.status();
+    let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    let healthy = shared.healthy();
+    let _ = write!(
+        h,
+        "<h2>Rate limits</h2><p id=\"limiter\"{}>Shared in Redis at <code>{}</code>{}: {}{}. When it cannot decide: {}.</p>",
+        if healthy { "" } else { " class=\"bad\"" },
+        esc(&text("server")),
+        if shared.settings().tls { " (TLS)" } else { "" },
+        esc(&text("state")),
+        if healthy {
+            String::new()
+        } else {
+            format!(" (last error: {})", esc(&text("last_error")))
+        },
+        esc(&text("on_error")),
+    );
+}
+
 /// The page.
 pub fn page(shared: &Shared) -> String {
     let snap = shared.load();
@@ -134,6 +159,7 @@ pub fn page(shared: &Shared) -> String {
         );
     }
     h.push_str("</table>");
+    limiter(&mut h, &snap);
     let now = counts();
     let (base, span) = match SAMPLES.lock().ok().and_then(|s| s.front().cloned()) {
         Some((t, c)) => (c, format!("last {} s", t.elapsed().as_secs().max(1))),

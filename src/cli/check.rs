@@ -244,6 +244,23 @@ fn print_table(config: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(fp) = &config.forward_proxy {
         print_forward(config, fp, out)?;
     }
+    if let Some(sh) = &config.limits.shared {
+        writeln!(
+            out,
+            "rate limits shared in Redis at {}{} (key prefix {:?}, timeout {}, on error {}; max_concurrent stays per replica)",
+            sh.server,
+            if sh.tls { " over TLS" } else { "" },
+            sh.key_prefix,
+            humantime::format_duration(sh.timeout),
+            sh.on_error.as_str()
+        )?;
+        if !config.principals.iter().any(|p| p.rate.is_some()) {
+            writeln!(
+                out,
+                "  warning: no caller has a rate, so [limits.shared] is never consulted"
+            )?;
+        }
+    }
     for p in &config.principals {
         if config.gateway {
             writeln!(out, "caller {} ({})", p.name, identity(&p.identity))?;

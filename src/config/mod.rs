@@ -5,11 +5,14 @@
 mod apis;
 mod forward;
 mod gateway;
+mod limits_shared;
 mod raw;
 mod sections;
 mod validate;
 
 use std::path::{Path, PathBuf};
+
+pub use limits_shared::{OnError, SharedLimits};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,6 +277,8 @@ pub struct Limits {
     pub websocket_max_duration: Option<Duration>,
     /// Open WebSocket tunnels at once; beyond it, 503 `overloaded`.
     pub max_websockets: usize,
+    /// `[limits.shared]`: caller rates decided in Redis across replicas.
+    pub shared: Option<SharedLimits>,
 }
 
 /// A configuration error: which file, which key, which line, and what is wrong.
@@ -389,6 +394,14 @@ impl Config {
         if let Some(ca) = self.forward_proxy.as_ref().and_then(|f| f.ca.as_ref()) {
             files.push(ca.cert.clone());
             files.push(ca.key.clone());
+        }
+        if let Some(f) = self
+            .limits
+            .shared
+            .as_ref()
+            .and_then(|s| s.password_file.clone())
+        {
+            files.push(f);
         }
         if let Some(tls) = &self.listener.tls {
             files.push(tls.cert_file.clone());

@@ -244,4 +244,17 @@ pub(crate) struct RawLimits {
     pub websocket_idle_timeout: Option<Spanned<String>>,
     pub websocket_max_duration: Option<Spanned<String>>,
     pub max_websockets: Option<Spanned<i64>>,
+    pub shared: Option<RawSharedLimits>,
+}
+
+/// `[limits.shared]`: caller rates decided in Redis, shared by every replica.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSharedLimits {
+    pub redis_url: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
 }

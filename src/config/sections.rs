@@ -96,6 +96,7 @@ pub(super) fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limit
         websocket_idle_timeout,
         websocket_max_duration,
         max_websockets,
+        shared: super::limits_shared::shared(ctx, raw.shared.as_ref())?,
     })
 }
 

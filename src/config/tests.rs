@@ -279,3 +279,43 @@ fn gateway_callers_bring_keys_per_api() {
     let e = Config::load(&write(&d, "s3.toml", &text)).unwrap_err();
     assert!(e.message.contains("per API"), "{e}");
 }
+
+#[test]
+fn shared_limits_defaults_and_refusals() {
+    let d = tmp();
+    let text = format!(
+        "{MINIMAL}\n[limits.shared]\nredis_url = \"redis://redis.sidekey.svc:6379/0\"\npassword_file = \"pw\"\n"
+    );
+    let c = Config::load(&write(&d, "s.toml", &text)).unwrap();
+    let s = c.limits.shared.as_ref().unwrap();
+    assert_eq!(s.server, "redis.sidekey.svc:6379");
+    assert!(!s.tls);
+    assert_eq!(s.timeout, Duration::from_millis(20));
+    assert_eq!(s.on_error, OnError::Local);
+    assert_eq!(s.key_prefix, "sidekey:");
+    assert_eq!(s.password_file.as_deref(), Some(d.join("pw").as_path()));
+    assert!(c.watched_files().contains(&d.join("pw")));
+
+    let shared = |body: &str| load_err(&format!("{MINIMAL}\n[limits.shared]\n{body}\n"));
+    let e = shared("timeout = \"5ms\"");
+    assert_eq!(e.key, "limits.shared.redis_url");
+    let e = shared("redis_url = \"redis://:hunter2@r:6379\"");
+    assert!(e.message.contains("password_file"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let e = shared("redis_url = \"rediss://r:6379/#insecure\"");
+    assert!(e.message.contains("ca_file"), "{e}");
+    let e = shared("redis_url = \"http://r:6379\"");
+    assert!(e.message.contains("redis://"), "{e}");
+    let e = shared("redis_url = \"redis://r\"\nca_file = \"ca.pem\"");
+    assert_eq!(e.key, "limits.shared.ca_file");
+    let e = shared("redis_url = \"rediss://r\"\nca_file = \"missing.pem\"");
+    assert!(e.message.contains("cannot read"), "{e}");
+    let e = shared("redis_url = \"redis://r\"\ntimeout = \"0s\"");
+    assert_eq!(e.key, "limits.shared.timeout");
+    let e = shared("redis_url = \"redis://r\"\non_error = \"allow\"");
+    assert!(e.message.contains("local, deny"), "{e}");
+    let e = shared("redis_url = \"redis://r\"\nkey_prefix = \"a b\"");
+    assert_eq!(e.key, "limits.shared.key_prefix");
+    let e = shared("redis_url = \"redis://r\"\nredis_urls = 1");
+    assert!(e.to_string().contains("unknown field"), "{e}");
+}

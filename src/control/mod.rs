@@ -5,5 +5,6 @@ pub mod ca;
 pub mod reload;
 pub mod secret;
 mod seed;
+pub mod shared_limit;
 pub mod state;
 pub mod tls;

@@ -74,7 +74,24 @@ pub fn compose(
         })
         .collect();
     super::seed::key_series(&config, &credentials);
+    let previous_limiter = previous.and_then(|p| p.shared_limiter.as_ref());
+    let refreshed =
+        super::shared_limit::refresh(&config, previous_limiter).map_err(|e| ConfigError {
+            file: config.path.clone(),
+            line: None,
+            key: "limits.shared".into(),
+            message: e,
+        })?;
+    if let Some(e) = &refreshed.password_error {
+        let file = config
+            .limits
+            .shared
+            .as_ref()
+            .and_then(|s| s.password_file.as_deref());
+        super::shared_limit::password_refused(file, e);
+    }
     Ok(Snapshot {
+        shared_limiter: refreshed.limiter,
         generation,
         principals,
         credentials,
@@ -153,6 +170,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         last_config_error: None,
         last_key_errors: std::collections::BTreeMap::new(),
         last_tls_error: None,
+        last_password_error: None,
     };
     reloader.ensure_watches(watcher.as_mut());
     // Anything that changed between the first load and the watch being set up would
@@ -198,6 +216,7 @@ struct Reloader {
     last_config_error: Option<String>,
     last_key_errors: std::collections::BTreeMap<Arc<str>, String>,
     last_tls_error: Option<String>,
+    last_password_error: Option<String>,
 }
 
 impl Reloader {
@@ -331,7 +350,24 @@ impl Reloader {
             }
         }
 
-        if !config_changed && !key_changed && !tls_changed {
+        // The shared limiter's password (a config change rebuilds it in `compose`).
+        let mut limiter = snap.shared_limiter.clone();
+        let mut limiter_changed = false;
+        if !config_changed {
+            match super::shared_limit::refresh(&config, snap.shared_limiter.as_ref()) {
+                Ok(r) => {
+                    self.password_result(&config, r.password_error);
+                    limiter_changed = match (&r.limiter, &limiter) {
+                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                        (a, b) => a.is_some() != b.is_some(),
+                    };
+                    limiter = r.limiter;
+                }
+                Err(e) => self.config_failed("invalid", e),
+            }
+        }
+
+        if !config_changed && !key_changed && !tls_changed && !limiter_changed {
             return;
         }
         let credentials: Arc<[Option<Arc<Credential>>]> = credentials.into();
@@ -348,12 +384,26 @@ impl Reloader {
                 router: snap.router.clone(),
                 credentials,
                 tls,
+                shared_limiter: limiter,
             })
         };
         match next {
             Ok(next) => self.shared.store(next),
             Err(e) => self.config_failed("invalid", e.to_string()),
         }
+    }
+
+    /// Reports a refused Redis password file once per distinct error.
+    fn password_result(&mut self, config: &Config, error: Option<String>) {
+        if error.is_some() && error != self.last_password_error {
+            let file = config
+                .limits
+                .shared
+                .as_ref()
+                .and_then(|s| s.password_file.as_deref());
+            super::shared_limit::password_refused(file, error.as_deref().unwrap_or_default());
+        }
+        self.last_password_error = error;
     }
 
     fn tls_failed(&mut self, message: String) {

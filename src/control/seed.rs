@@ -38,6 +38,17 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
             }
         }
     }
+    if config.limits.shared.is_some() {
+        for result in ["allowed", "limited", "fallback_allowed", "fallback_limited"] {
+            metrics::counter!(telemetry::SHARED_LIMIT_DECISIONS_TOTAL, "result" => result)
+                .increment(0);
+        }
+        let reasons = crate::proxy::limit::shared::Failure::ALL.map(|f| f.as_str());
+        for reason in reasons.iter().chain(&["password_file"]) {
+            metrics::counter!(telemetry::SHARED_LIMIT_ERRORS_TOTAL, "reason" => *reason)
+                .increment(0);
+        }
+    }
     for (named, key) in config.credentials.iter().zip(credentials) {
         let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
         for result in ["ok", "invalid", "error"] {

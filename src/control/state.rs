@@ -21,6 +21,7 @@ use crate::control::tls::TlsMaterial;
 use crate::policy::Policy;
 use crate::policy::apis::Router;
 use crate::proxy::limit::Limiter;
+use crate::proxy::limit::shared::SharedLimiter;
 use crate::telemetry::RequestCounters;
 use crate::upstream::Upstream;
 
@@ -43,6 +44,8 @@ pub struct Snapshot {
     pub tls: Option<Arc<TlsMaterial>>,
     /// Counters for gateway requests no caller could be matched to.
     pub unidentified: Arc<RequestCounters>,
+    /// `[limits.shared]`: the Redis side of the caller rates (`None`: rates are per replica).
+    pub shared_limiter: Option<Arc<SharedLimiter>>,
 }
 
 /// One API's live parts.

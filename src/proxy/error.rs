@@ -31,6 +31,9 @@ pub enum ProxyError {
     CallerUnauthenticated(&'static str),
     /// Gateway: the caller's rate or concurrency cap; retry after this many seconds.
     RateLimited(u64),
+    /// `[limits.shared]` could not decide and `on_error = "deny"` (429 `rate_limited`,
+    /// reason `shared_limiter_unavailable`).
+    RateLimitUnavailable,
     /// A WebSocket handshake on a route without `websocket = true`.
     UpgradeNotAllowed,
     /// `limits.max_websockets` tunnels are open.
@@ -70,7 +73,7 @@ impl ProxyError {
             Self::Upstream(kind) if kind.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) | Self::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
             Self::CallerUnauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::RateLimitUnavailable => StatusCode::TOO_MANY_REQUESTS,
             Self::UpgradeNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyWebSockets => StatusCode::SERVICE_UNAVAILABLE,
             Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -113,7 +116,7 @@ impl ProxyError {
             Self::Upstream(kind) if kind.is_timeout() => "upstream_timeout",
             Self::Upstream(_) | Self::UpstreamUpgrade => "upstream_unavailable",
             Self::CallerUnauthenticated(_) => "caller_unauthenticated",
-            Self::RateLimited(_) => "rate_limited",
+            Self::RateLimited(_) | Self::RateLimitUnavailable => "rate_limited",
             Self::UpgradeNotAllowed => "upgrade_not_allowed",
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::AuthorityMismatch => "authority_mismatch",
@@ -128,6 +131,7 @@ impl ProxyError {
             | Self::PermissionDenied(_)
             | Self::CallerUnauthenticated(_)
             | Self::RateLimited(_)
+            | Self::RateLimitUnavailable
             | Self::UpgradeNotAllowed
             | Self::HostNotAllowed(_)
             | Self::ProxyAuthRequired(_) => "deny",
@@ -159,6 +163,7 @@ impl ProxyError {
             Self::UpstreamUpgrade => "the upstream tried to switch protocols; upgrades are not proxied".into(),
             Self::CallerUnauthenticated(reason) => format!("this gateway serves identified callers only ({reason}): present your client certificate or caller token; nothing was sent upstream"),
             Self::RateLimited(_) => "this caller is over its rate or concurrency limit; retry after the retry-after seconds".into(),
+            Self::RateLimitUnavailable => "the shared rate limiter (Redis) cannot decide and limits.shared.on_error is deny; nothing was sent upstream, retry shortly".into(),
             Self::UpgradeNotAllowed => "this route does not accept WebSocket upgrades (the catalogue route needs `websocket = true`); nothing was sent upstream".into(),
             Self::TooManyWebSockets => "too many WebSocket tunnels are open (limits.max_websockets); retry shortly".into(),
             Self::HostNotAllowed(reason) => format!("this forward proxy only reaches its configured APIs ({reason}); nothing was sent"),
@@ -184,6 +189,9 @@ impl ProxyError {
         {
             error["reason"] = serde_json::Value::from(*reason);
         }
+        if let Self::RateLimitUnavailable = self {
+            error["reason"] = serde_json::Value::from("shared_limiter_unavailable");
+        }
         let body = serde_json::json!({ "error": error }).to_string();
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = self.status();
@@ -208,6 +216,9 @@ impl ProxyError {
         }
         if let Self::RateLimited(secs) = self {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        if let Self::RateLimitUnavailable = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::ProxyAuthRequired(_) = self {
             h.append(
@@ -256,6 +267,7 @@ mod tests {
             ProxyError::UpstreamUpgrade,
             ProxyError::CallerUnauthenticated("x"),
             ProxyError::RateLimited(1),
+            ProxyError::RateLimitUnavailable,
             ProxyError::UpgradeNotAllowed,
             ProxyError::TooManyWebSockets,
             ProxyError::HostNotAllowed("x"),

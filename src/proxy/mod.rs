@@ -240,9 +240,21 @@ async fn forward<'s>(
         .credential_for(principal, api)
         .ok_or(ProxyError::CredentialUnavailable)?;
     // The caller's own limits count forwarded requests only (they guard the upstream quota).
-    let caller_guard = state.limiter.admit().map_err(|l| match l {
+    let admitted = match &snap.shared_limiter {
+        Some(shared) => {
+            let name = snap
+                .config
+                .principals
+                .get(principal)
+                .map_or("", |p| &*p.name);
+            state.limiter.admit_shared(shared, name).await
+        }
+        None => state.limiter.admit(),
+    };
+    let caller_guard = admitted.map_err(|l| match l {
         Limited::Rate(wait) => ProxyError::RateLimited(wait.as_secs() + 1),
         Limited::Concurrency => ProxyError::RateLimited(1),
+        Limited::Unavailable => ProxyError::RateLimitUnavailable,
     })?;
     if let Some(max) = limits.max_request_body {
         let declared = parts

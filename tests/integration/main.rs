@@ -21,5 +21,6 @@ mod lifecycle;
 mod pooling;
 mod proxy;
 mod rotation;
+mod shared_limits;
 mod streaming;
 mod websocket;

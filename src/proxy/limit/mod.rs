@@ -1,13 +1,18 @@
 //! Per-caller limits: a rate (GCRA, one atomic, no lock) and a concurrency cap. A limiter
 //! outlives config reloads that leave its settings unchanged, so a reload never hands a
-//! caller a fresh burst.
+//! caller a fresh burst. With `[limits.shared]` the rate is decided in Redis for every
+//! replica together ([`shared`]); the concurrency cap always stays per replica.
+
+pub mod shared;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::Rate;
+use crate::config::{OnError, Rate};
 use crate::proxy::body::InFlightGuard;
+use crate::telemetry;
+use shared::{Shared, SharedLimiter};
 
 /// Why a request was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +21,8 @@ pub enum Limited {
     Rate(Duration),
     /// `max_concurrent` requests are in flight.
     Concurrency,
+    /// The shared limiter could not decide and `limits.shared.on_error = "deny"`.
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -47,16 +54,51 @@ impl Limiter {
     /// Admits one request: takes a concurrency slot (held by the guard until the response
     /// body is done) and a rate token. The slot is given back when the rate refuses.
     pub fn admit(&self) -> Result<Option<InFlightGuard>, Limited> {
-        let guard = match self.max_concurrent {
-            Some(max) => {
-                Some(InFlightGuard::try_acquire(&self.in_flight, max).ok_or(Limited::Concurrency)?)
-            }
-            None => None,
-        };
+        let guard = self.slot()?;
         if let Some(rate) = self.rate {
             self.take_token(rate, self.now())?;
         }
         Ok(guard)
+    }
+
+    /// As [`Self::admit`], with the rate decided by the shared limiter. A caller without a
+    /// `rate` costs no Redis call. When Redis cannot decide, `on_error` does: this replica's
+    /// own rate (`local`) or a refusal (`deny`).
+    pub async fn admit_shared(
+        &self,
+        shared: &SharedLimiter,
+        caller: &str,
+    ) -> Result<Option<InFlightGuard>, Limited> {
+        let guard = self.slot()?;
+        let Some(rate) = self.rate else {
+            return Ok(guard);
+        };
+        let (admitted, result) = match shared.decide(caller, rate).await {
+            Ok(Shared::Admitted) => (Ok(()), "allowed"),
+            Ok(Shared::Limited(wait)) => (Err(Limited::Rate(wait)), "limited"),
+            Err(failure) => {
+                shared.warn_fallback(failure);
+                match shared.settings().on_error {
+                    OnError::Local => match self.take_token(rate, self.now()) {
+                        Ok(()) => (Ok(()), "fallback_allowed"),
+                        Err(l) => (Err(l), "fallback_limited"),
+                    },
+                    OnError::Deny => (Err(Limited::Unavailable), "fallback_limited"),
+                }
+            }
+        };
+        metrics::counter!(telemetry::SHARED_LIMIT_DECISIONS_TOTAL, "result" => result).increment(1);
+        admitted.map(|()| guard)
+    }
+
+    /// A concurrency slot, held by the guard until the response body is done.
+    fn slot(&self) -> Result<Option<InFlightGuard>, Limited> {
+        match self.max_concurrent {
+            Some(max) => Ok(Some(
+                InFlightGuard::try_acquire(&self.in_flight, max).ok_or(Limited::Concurrency)?,
+            )),
+            None => Ok(None),
+        }
     }
 
     fn now(&self) -> u64 {

@@ -1,0 +1,479 @@
+//! `[limits.shared]` against a real `redis-server`: gateway replicas (real `sidekey run`
+//! processes) sharing one caller rate, Redis killed and restarted under load, the password
+//! rotated, and `rediss://` with a CA minted here.
+
+mod redis;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use rustls_pki_types::{CertificateDer, ServerName};
+use sidekey::pki::Ca;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::support::*;
+use redis::{RedisServer, TlsFiles};
+
+const LIMITED: &str = "skc_limited-token-for-shared-0001";
+const FREE: &str = "skc_free-token-for-shared-000002";
+
+/// A gateway directory: listener TLS, the upstream CA, the key, and a config whose
+/// `[limits.shared]` section is `shared` (the `limited` caller's rate is `rate`).
+struct Gateway {
+    dir: TempDir,
+    ca: Ca,
+}
+
+impl Gateway {
+    fn new(up: &Upstream) -> Self {
+        let dir = TempDir::new();
+        let ca = Ca::new("gateway listener CA").unwrap();
+        let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        dir.write("tls/tls.crt", &leaf.cert_pem);
+        dir.write("tls/tls.key", &leaf.key_pem);
+        dir.write("ca.pem", up.ca.cert_pem());
+        dir.write("secret/api-key", KEY);
+        Self { dir, ca }
+    }
+
+    async fn start(&self, up: &Upstream, rate: &str, shared: &str) -> Running {
+        let sha = sidekey::proxy::caller::token_sha256;
+        let config = format!(
+            r#"
+[listener]
+address = "127.0.0.1:0"
+[listener.tls]
+cert_file = "tls/tls.crt"
+key_file = "tls/tls.key"
+[admin]
+address = "127.0.0.1:0"
+[upstream]
+url = "{url}"
+ca_file = "ca.pem"
+[credential]
+file = "secret/api-key"
+[reload]
+interval = "30s"
+debounce = "20ms"
+[permissions]
+read = ["GET /v1/sandboxes"]
+[limits.shared]
+{shared}
+
+[[caller]]
+name = "limited"
+token_sha256 = "{limited}"
+allow = ["read"]
+{rate}
+
+[[caller]]
+name = "free"
+token_sha256 = "{free}"
+allow = ["read"]
+"#,
+            url = up.mock.url(),
+            limited = sha(LIMITED),
+            free = sha(FREE),
+        );
+        let path = self.dir.write("sidekey.toml", &config);
+        Running::start(&path, "info", &self.dir.path().join("logs")).await
+    }
+}
+
+/// A kept-alive HTTPS connection to a gateway.
+async fn client(addr: SocketAddr, ca_pem: &str) -> SendRequest<Full<Bytes>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One GET as `token`: status, `error.reason` (if any) and how long it took.
+async fn call(s: &mut SendRequest<Full<Bytes>>, token: &str) -> (StatusCode, String, Duration) {
+    let start = Instant::now();
+    let req = Request::get("/v1/sandboxes")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let reason = json["error"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (status, reason, start.elapsed())
+}
+
+/// Sends `per_second` requests a second as `token` to each gateway for `run`; returns every
+/// (status, reason, latency).
+async fn load(
+    gateways: &[(SocketAddr, String)],
+    token: &'static str,
+    per_second: u32,
+    run: Duration,
+) -> Vec<(StatusCode, String, Duration)> {
+    let mut tasks = Vec::new();
+    for (addr, ca) in gateways {
+        let mut s = client(*addr, ca).await;
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+            let end = Instant::now() + run;
+            while Instant::now() < end {
+                tick.tick().await;
+                out.push(call(&mut s, token).await);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn count(results: &[(StatusCode, String, Duration)], status: StatusCode) -> usize {
+    results.iter().filter(|r| r.0 == status).count()
+}
+
+async fn limiter(admin: SocketAddr) -> serde_json::Value {
+    get(admin, "/credential").await.json()["limiter"].clone()
+}
+
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = String::from_utf8_lossy(&get(admin, "/metrics").await.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two replicas, one Redis: together they admit the caller's rate, not twice it; the
+/// burst is one burst across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_rate_and_one_burst() {
+    let up = Upstream::banata().await;
+    let (a, b) = (Gateway::new(&up), Gateway::new(&up));
+    let redis = RedisServer::start(a.dir.path(), None, None).await;
+    let shared = format!("redis_url = \"{}\"\ntimeout = \"50ms\"", redis.url());
+    // The burst: 5 of 10 alternating requests, whichever replica they reach.
+    let (ga, gb) = (
+        a.start(&up, "rate = \"1/m\"\nburst = 5", &shared).await,
+        b.start(&up, "rate = \"1/m\"\nburst = 5", &shared).await,
+    );
+    let (mut ca, mut cb) = (
+        client(ga.proxy, a.ca.cert_pem()).await,
+        client(gb.proxy, b.ca.cert_pem()).await,
+    );
+    let mut admitted = 0;
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &mut ca } else { &mut cb };
+        if call(s, LIMITED).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "one burst of 5 across both replicas");
+    // A caller without a rate never costs a Redis call.
+    let before = metric(
+        ga.admin,
+        "sidekey_shared_limit_decisions_total{result=\"allowed\"}",
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(call(&mut ca, FREE).await.0, StatusCode::OK);
+    }
+    let after = metric(
+        ga.admin,
+        "sidekey_shared_limit_decisions_total{result=\"allowed\"}",
+    )
+    .await;
+    assert_eq!(before, after);
+    drop((ga, gb));
+
+    // 20/s shared, offered 100/s at each replica for 10 s: about 20/s * 10 s + the burst
+    // (20) in all, where two independent limiters admit twice that.
+    redis.cmd(&["FLUSHALL"]).await;
+    let (ga, gb) = (
+        a.start(&up, "rate = \"20/s\"", &shared).await,
+        b.start(&up, "rate = \"20/s\"", &shared).await,
+    );
+    let results = load(
+        &[
+            (ga.proxy, a.ca.cert_pem().to_owned()),
+            (gb.proxy, b.ca.cert_pem().to_owned()),
+        ],
+        LIMITED,
+        100,
+        Duration::from_secs(10),
+    )
+    .await;
+    let ok = count(&results, StatusCode::OK) as f64;
+    let limited = count(&results, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(ok as usize + limited, results.len(), "only 200 and 429");
+    let expected = 20.0 * 10.0 + 20.0;
+    assert!(
+        (ok - expected).abs() <= expected * 0.10,
+        "admitted {ok} of {}, expected {expected} +-10%",
+        results.len()
+    );
+    assert_eq!(metric(ga.admin, "sidekey_shared_limit_up").await, 1.0);
+}
+
+/// Redis killed under load: the fallback decides at once (no request waits past the
+/// timeout, none fails with `local`), `/readyz` stays ready, and sharing resumes on its own
+/// once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_at_once_and_recovers() {
+    let up = Upstream::banata().await;
+    let gw = Gateway::new(&up);
+    let mut redis = RedisServer::start(gw.dir.path(), None, None).await;
+    let shared = format!("redis_url = \"{}\"\ntimeout = \"20ms\"", redis.url());
+    let run = gw.start(&up, "rate = \"50/s\"", &shared).await;
+    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
+    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
+    assert_eq!(limiter(run.admin).await["state"], "up");
+
+    let gateways = [(run.proxy, gw.ca.cert_pem().to_owned())];
+    let loader =
+        tokio::spawn(async move { load(&gateways, LIMITED, 40, Duration::from_secs(3)).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.kill();
+    let results = loader.await.unwrap();
+    let worst = results.iter().map(|r| r.2).max().unwrap();
+    assert_eq!(
+        count(&results, StatusCode::OK),
+        results.len(),
+        "no failures"
+    );
+    assert!(
+        worst < Duration::from_millis(20 + 50),
+        "a request waited {worst:?} (timeout 20 ms)"
+    );
+    assert_eq!(get(run.admin, "/readyz").await.status, StatusCode::OK);
+    let status = limiter(run.admin).await;
+    assert_eq!(status["healthy"], false, "{status}");
+    assert!(
+        metric(
+            run.admin,
+            "sidekey_shared_limit_decisions_total{result=\"fallback_allowed\"}"
+        )
+        .await
+            > 0.0
+    );
+    let errors = metric(
+        run.admin,
+        "sidekey_shared_limit_errors_total{reason=\"connection\"}",
+    )
+    .await
+        + metric(
+            run.admin,
+            "sidekey_shared_limit_errors_total{reason=\"timeout\"}",
+        )
+        .await;
+    assert!(errors > 0.0);
+    assert_eq!(metric(run.admin, "sidekey_shared_limit_up").await, 0.0);
+    // One warning per ten seconds, not one per request.
+    let log = std::fs::read_to_string(&run.stdout).unwrap();
+    let warnings = log.matches("shared rate limiter unavailable").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings");
+
+    redis.restart().await;
+    let (addr, admin, pem) = (run.proxy, run.admin, gw.ca.cert_pem().to_owned());
+    let back = eventually(Duration::from_secs(10), || {
+        let pem = pem.clone();
+        async move {
+            call(&mut client(addr, &pem).await, LIMITED).await;
+            limiter(admin).await["state"] == "up"
+        }
+    })
+    .await;
+    assert!(back, "sharing did not resume: {}", limiter(run.admin).await);
+    let keys = redis.cmd(&["KEYS", "sidekey:*"]).await;
+    assert_eq!(
+        keys,
+        ::redis::Value::Array(vec![::redis::Value::BulkString(
+            b"sidekey:rate:limited".to_vec()
+        )])
+    );
+}
+
+/// The Redis password is hot-reloaded: a new one reconnects, an unreadable one keeps the
+/// last good connection (and says so), a wrong one makes the fallback decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_rotates_without_a_restart() {
+    let up = Upstream::banata().await;
+    let gw = Gateway::new(&up);
+    let mut redis = RedisServer::start(gw.dir.path(), Some("pw-one"), None).await;
+    let file = gw.dir.write("secret/redis-password", "pw-one\n");
+    let shared = format!(
+        "redis_url = \"{}\"\npassword_file = \"secret/redis-password\"",
+        redis.url()
+    );
+    let run = gw.start(&up, "rate = \"100/s\"", &shared).await;
+    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
+    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
+    assert_eq!(limiter(run.admin).await["state"], "up");
+    let log = |needle: &'static str| {
+        let path = run.stdout.clone();
+        move || {
+            let found = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .contains(needle);
+            async move { found }
+        }
+    };
+
+    // Rotate: Redis takes the new password and every old connection is cut (live ones
+    // would stay authenticated), then the file changes; sidekey reconnects with it.
+    redis.set_password("pw-two").await;
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await;
+    std::fs::write(&file, "pw-two\n").unwrap();
+    assert!(eventually(Duration::from_secs(5), log("Redis password changed")).await);
+    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
+    assert_eq!(limiter(run.admin).await["state"], "up");
+    assert_eq!(
+        metric(
+            run.admin,
+            "sidekey_shared_limit_errors_total{reason=\"auth\"}"
+        )
+        .await,
+        0.0
+    );
+
+    // An empty file is refused: the last good connection stays.
+    std::fs::write(&file, "").unwrap();
+    assert!(eventually(Duration::from_secs(5), log("Redis password update refused")).await);
+    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
+    assert_eq!(limiter(run.admin).await["state"], "up");
+    assert_eq!(
+        metric(
+            run.admin,
+            "sidekey_shared_limit_errors_total{reason=\"password_file\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // A wrong password is used as given: Redis refuses it, the fallback decides.
+    std::fs::write(&file, "pw-wrong").unwrap();
+    let (addr, admin, pem) = (run.proxy, run.admin, gw.ca.cert_pem().to_owned());
+    let refused = eventually(Duration::from_secs(5), || {
+        let pem = pem.clone();
+        async move {
+            let (status, ..) = call(&mut client(addr, &pem).await, LIMITED).await;
+            status == StatusCode::OK && limiter(admin).await["last_error"] == "auth"
+        }
+    })
+    .await;
+    assert!(refused, "{}", limiter(admin).await);
+    assert!(metric(admin, "sidekey_shared_limit_errors_total{reason=\"auth\"}").await > 0.0);
+    let log = std::fs::read_to_string(&run.stdout).unwrap();
+    for secret in ["pw-one", "pw-two", "pw-wrong"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+/// `rediss://` verifies the server against `ca_file`; without it (webpki roots) the same
+/// server is not trusted and the fallback decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_verified_against_the_given_ca() {
+    let up = Upstream::banata().await;
+    let gw = Gateway::new(&up);
+    let redis_ca = Ca::new("redis CA").unwrap();
+    let leaf = redis_ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
+    let tls = TlsFiles {
+        cert: gw.dir.write("redis.crt", &leaf.cert_pem),
+        key: gw.dir.write("redis.key", &leaf.key_pem),
+        ca: gw.dir.write("redis-ca.pem", redis_ca.cert_pem()),
+    };
+    let redis = RedisServer::start(gw.dir.path(), None, Some(tls)).await;
+    assert!(redis.url().starts_with("rediss://"));
+    let trusted = format!(
+        "redis_url = \"{}\"\nca_file = \"redis-ca.pem\"",
+        redis.url()
+    );
+    let run = gw.start(&up, "rate = \"100/s\"", &trusted).await;
+    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
+    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
+    let status = limiter(run.admin).await;
+    assert_eq!(
+        (status["state"].as_str(), status["tls"].as_bool()),
+        (Some("up"), Some(true)),
+        "{status}"
+    );
+    drop(run);
+
+    let untrusted = format!("redis_url = \"{}\"", redis.url());
+    let run = gw.start(&up, "rate = \"100/s\"", &untrusted).await;
+    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
+    assert_eq!(
+        call(&mut s, LIMITED).await.0,
+        StatusCode::OK,
+        "local fallback"
+    );
+    let status = limiter(run.admin).await;
+    assert_eq!(status["healthy"], false, "{status}");
+}
+
+/// `on_error = "deny"` with no Redis at all: 429 `rate_limited` with its reason, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_deny_refuses_while_redis_cannot_decide() {
+    let up = Upstream::banata().await;
+    let gw = Gateway::new(&up);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shared = format!("redis_url = \"redis://127.0.0.1:{port}\"\non_error = \"deny\"");
+    let run = gw.start(&up, "rate = \"100/s\"", &shared).await;
+    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
+    for _ in 0..5 {
+        let (status, reason, took) = call(&mut s, LIMITED).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(reason, "shared_limiter_unavailable");
+        assert!(took < Duration::from_millis(20 + 50), "{took:?}");
+    }
+    // Callers without a rate are not held up by the limiter.
+    assert_eq!(call(&mut s, FREE).await.0, StatusCode::OK);
+    assert_eq!(get(run.admin, "/readyz").await.status, StatusCode::OK);
+    assert!(
+        metric(
+            run.admin,
+            "sidekey_shared_limit_decisions_total{result=\"fallback_limited\"}"
+        )
+        .await
+            >= 5.0
+    );
+}
