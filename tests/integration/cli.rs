@@ -478,3 +478,31 @@ fn the_prometheus_rule_manifest_carries_the_same_alerts() {
         );
     }
 }
+
+#[test]
+fn check_validates_and_prints_the_shared_limiter() {
+    let dir = TempDir::new();
+    dir.write("ca.pem", sidekey::pki::Ca::new("t").unwrap().cert_pem());
+    let shared =
+        "[limits.shared]\nredis_url = \"rediss://redis.sidekey.svc:6380/1\"\non_error = \"deny\"\n";
+    let cfg = dir.write("s.toml", &config_text("https://api.example.com", shared));
+    let (code, out, err) = sidekey(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rate limits shared in Redis at redis.sidekey.svc:6380 over TLS (key prefix \"sidekey:\", timeout 20ms, on error deny; max_concurrent stays per replica)"),
+        "{out}"
+    );
+    assert!(out.contains("no caller has a rate"), "{out}");
+    let with_password = shared.replace("rediss://", "rediss://user:s3cr3t-pw@");
+    let cfg = dir.write(
+        "p.toml",
+        &config_text("https://api.example.com", &with_password),
+    );
+    let (code, out, err) = sidekey(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("limits.shared.redis_url") && err.contains("password_file"),
+        "{err}"
+    );
+    assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{err}");
+}

@@ -155,6 +155,8 @@ impl SharedLimiter {
             .as_str()
             .into_connection_info()
             .map_err(|e| format!("limits.shared.redis_url: {e}"))?;
+        // One small request and reply per decision: Nagle would hold some of them back.
+        info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         if let Some(p) = password {
             let redis = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(redis);
