@@ -2,6 +2,7 @@
 //! request, the reload task that rebuilds it, key material and the gateway listener's TLS.
 
 pub mod ca;
+mod compose;
 pub mod reload;
 pub mod secret;
 mod seed;

@@ -3,6 +3,7 @@
 //! caller a fresh burst. With `[limits.shared]` the rate is decided in Redis for every
 //! replica together ([`shared`]); the concurrency cap always stays per replica.
 
+mod health;
 pub mod shared;
 
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! rotated, and `rediss://` with a CA minted here.
 
 mod redis;
+mod rotation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,20 +19,20 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::support::*;
-use redis::{RedisServer, TlsFiles};
+use redis::RedisServer;
 
-const LIMITED: &str = "skc_limited-token-for-shared-0001";
-const FREE: &str = "skc_free-token-for-shared-000002";
+pub(super) const LIMITED: &str = "skc_limited-token-for-shared-0001";
+pub(super) const FREE: &str = "skc_free-token-for-shared-000002";
 
 /// A gateway directory: listener TLS, the upstream CA, the key, and a config whose
 /// `[limits.shared]` section is `shared` (the `limited` caller's rate is `rate`).
-struct Gateway {
-    dir: TempDir,
-    ca: Ca,
+pub(super) struct Gateway {
+    pub(super) dir: TempDir,
+    pub(super) ca: Ca,
 }
 
 impl Gateway {
-    fn new(up: &Upstream) -> Self {
+    pub(super) fn new(up: &Upstream) -> Self {
         let dir = TempDir::new();
         let ca = Ca::new("gateway listener CA").unwrap();
         let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
@@ -45,7 +46,7 @@ impl Gateway {
         Self { dir, ca }
     }
 
-    async fn start(&self, up: &Upstream, rate: &str, shared: &str) -> Running {
+    pub(super) async fn start(&self, up: &Upstream, rate: &str, shared: &str) -> Running {
         let sha = sidekey::proxy::caller::token_sha256;
         let config = format!(
             r#"
@@ -90,7 +91,7 @@ allow = ["read"]
 }
 
 /// A kept-alive HTTPS connection to a gateway.
-async fn client(addr: SocketAddr, ca_pem: &str) -> SendRequest<Full<Bytes>> {
+pub(super) async fn client(addr: SocketAddr, ca_pem: &str) -> SendRequest<Full<Bytes>> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -116,7 +117,10 @@ async fn client(addr: SocketAddr, ca_pem: &str) -> SendRequest<Full<Bytes>> {
 }
 
 /// One GET as `token`: status, `error.reason` (if any) and how long it took.
-async fn call(s: &mut SendRequest<Full<Bytes>>, token: &str) -> (StatusCode, String, Duration) {
+pub(super) async fn call(
+    s: &mut SendRequest<Full<Bytes>>,
+    token: &str,
+) -> (StatusCode, String, Duration) {
     let start = Instant::now();
     let req = Request::get("/v1/sandboxes")
         .header("host", "localhost")
@@ -137,7 +141,7 @@ async fn call(s: &mut SendRequest<Full<Bytes>>, token: &str) -> (StatusCode, Str
 
 /// Sends `per_second` requests a second as `token` to each gateway for `run`; returns every
 /// (status, reason, latency).
-async fn load(
+pub(super) async fn load(
     gateways: &[(SocketAddr, String)],
     token: &'static str,
     per_second: u32,
@@ -164,15 +168,15 @@ async fn load(
     all
 }
 
-fn count(results: &[(StatusCode, String, Duration)], status: StatusCode) -> usize {
+pub(super) fn count(results: &[(StatusCode, String, Duration)], status: StatusCode) -> usize {
     results.iter().filter(|r| r.0 == status).count()
 }
 
-async fn limiter(admin: SocketAddr) -> serde_json::Value {
+pub(super) async fn limiter(admin: SocketAddr) -> serde_json::Value {
     get(admin, "/credential").await.json()["limiter"].clone()
 }
 
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
+pub(super) async fn metric(admin: SocketAddr, series: &str) -> f64 {
     let text = String::from_utf8_lossy(&get(admin, "/metrics").await.body).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -325,155 +329,5 @@ async fn redis_outage_falls_back_at_once_and_recovers() {
         ::redis::Value::Array(vec![::redis::Value::BulkString(
             b"sidekey:rate:limited".to_vec()
         )])
-    );
-}
-
-/// The Redis password is hot-reloaded: a new one reconnects, an unreadable one keeps the
-/// last good connection (and says so), a wrong one makes the fallback decide.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_redis_password_rotates_without_a_restart() {
-    let up = Upstream::banata().await;
-    let gw = Gateway::new(&up);
-    let mut redis = RedisServer::start(gw.dir.path(), Some("pw-one"), None).await;
-    let file = gw.dir.write("secret/redis-password", "pw-one\n");
-    let shared = format!(
-        "redis_url = \"{}\"\npassword_file = \"secret/redis-password\"",
-        redis.url()
-    );
-    let run = gw.start(&up, "rate = \"100/s\"", &shared).await;
-    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
-    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
-    assert_eq!(limiter(run.admin).await["state"], "up");
-    let log = |needle: &'static str| {
-        let path = run.stdout.clone();
-        move || {
-            let found = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .contains(needle);
-            async move { found }
-        }
-    };
-
-    // Rotate: Redis takes the new password and every old connection is cut (live ones
-    // would stay authenticated), then the file changes; sidekey reconnects with it.
-    redis.set_password("pw-two").await;
-    redis.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).await;
-    std::fs::write(&file, "pw-two\n").unwrap();
-    assert!(eventually(Duration::from_secs(5), log("Redis password changed")).await);
-    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
-    assert_eq!(limiter(run.admin).await["state"], "up");
-    assert_eq!(
-        metric(
-            run.admin,
-            "sidekey_shared_limit_errors_total{reason=\"auth\"}"
-        )
-        .await,
-        0.0
-    );
-
-    // An empty file is refused: the last good connection stays.
-    std::fs::write(&file, "").unwrap();
-    assert!(eventually(Duration::from_secs(5), log("Redis password update refused")).await);
-    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
-    assert_eq!(limiter(run.admin).await["state"], "up");
-    assert_eq!(
-        metric(
-            run.admin,
-            "sidekey_shared_limit_errors_total{reason=\"password_file\"}"
-        )
-        .await,
-        1.0
-    );
-
-    // A wrong password is used as given: Redis refuses it, the fallback decides.
-    std::fs::write(&file, "pw-wrong").unwrap();
-    let (addr, admin, pem) = (run.proxy, run.admin, gw.ca.cert_pem().to_owned());
-    let refused = eventually(Duration::from_secs(5), || {
-        let pem = pem.clone();
-        async move {
-            let (status, ..) = call(&mut client(addr, &pem).await, LIMITED).await;
-            status == StatusCode::OK && limiter(admin).await["last_error"] == "auth"
-        }
-    })
-    .await;
-    assert!(refused, "{}", limiter(admin).await);
-    assert!(metric(admin, "sidekey_shared_limit_errors_total{reason=\"auth\"}").await > 0.0);
-    let log = std::fs::read_to_string(&run.stdout).unwrap();
-    for secret in ["pw-one", "pw-two", "pw-wrong"] {
-        assert!(!log.contains(secret), "{secret} in the log");
-    }
-}
-
-/// `rediss://` verifies the server against `ca_file`; without it (webpki roots) the same
-/// server is not trusted and the fallback decides.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_is_verified_against_the_given_ca() {
-    let up = Upstream::banata().await;
-    let gw = Gateway::new(&up);
-    let redis_ca = Ca::new("redis CA").unwrap();
-    let leaf = redis_ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
-    let tls = TlsFiles {
-        cert: gw.dir.write("redis.crt", &leaf.cert_pem),
-        key: gw.dir.write("redis.key", &leaf.key_pem),
-        ca: gw.dir.write("redis-ca.pem", redis_ca.cert_pem()),
-    };
-    let redis = RedisServer::start(gw.dir.path(), None, Some(tls)).await;
-    assert!(redis.url().starts_with("rediss://"));
-    let trusted = format!(
-        "redis_url = \"{}\"\nca_file = \"redis-ca.pem\"",
-        redis.url()
-    );
-    let run = gw.start(&up, "rate = \"100/s\"", &trusted).await;
-    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
-    assert_eq!(call(&mut s, LIMITED).await.0, StatusCode::OK);
-    let status = limiter(run.admin).await;
-    assert_eq!(
-        (status["state"].as_str(), status["tls"].as_bool()),
-        (Some("up"), Some(true)),
-        "{status}"
-    );
-    drop(run);
-
-    let untrusted = format!("redis_url = \"{}\"", redis.url());
-    let run = gw.start(&up, "rate = \"100/s\"", &untrusted).await;
-    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
-    assert_eq!(
-        call(&mut s, LIMITED).await.0,
-        StatusCode::OK,
-        "local fallback"
-    );
-    let status = limiter(run.admin).await;
-    assert_eq!(status["healthy"], false, "{status}");
-}
-
-/// `on_error = "deny"` with no Redis at all: 429 `rate_limited` with its reason, at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_error_deny_refuses_while_redis_cannot_decide() {
-    let up = Upstream::banata().await;
-    let gw = Gateway::new(&up);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let shared = format!("redis_url = \"redis://127.0.0.1:{port}\"\non_error = \"deny\"");
-    let run = gw.start(&up, "rate = \"100/s\"", &shared).await;
-    let mut s = client(run.proxy, gw.ca.cert_pem()).await;
-    for _ in 0..5 {
-        let (status, reason, took) = call(&mut s, LIMITED).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(reason, "shared_limiter_unavailable");
-        assert!(took < Duration::from_millis(20 + 50), "{took:?}");
-    }
-    // Callers without a rate are not held up by the limiter.
-    assert_eq!(call(&mut s, FREE).await.0, StatusCode::OK);
-    assert_eq!(get(run.admin, "/readyz").await.status, StatusCode::OK);
-    assert!(
-        metric(
-            run.admin,
-            "sidekey_shared_limit_decisions_total{result=\"fallback_limited\"}"
-        )
-        .await
-            >= 5.0
     );
 }
