@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The forward path against the reverse listener: requests per second and sidekey's CPU per
 # request, through a CONNECT tunnel with keep-alive (TLS to sidekey's leaf, HTTP/1.1 inside)
-# and through the reverse listener (plain HTTP), to the same TLS mock upstream.
+# and through the reverse listener (plain HTTP), to the same TLS mock upstream, next to a direct
+# baseline (the same client over TLS straight to the upstream, keep-alive).
 # sidekey pinned to core 0, load and upstream to core 1 when there are two cores.
 #
 #   benches/forward.sh                       # 50 connections, 10 s each way, 3 rounds
@@ -70,10 +71,11 @@ measure() {
   echo "$out" | awk -v t=$((after - before)) -v hz="$hz" '{ printf "%.0f %.1f", $2, t / hz * 1e6 / $1 }'
 }
 echo "# $conns keep-alive connections, ${secs} s each, sidekey on one core"
-echo "round reverse_rps reverse_cpu_us_per_req forward_rps forward_cpu_us_per_req"
+echo "round direct_rps reverse_rps reverse_cpu_us_per_req forward_rps forward_cpu_us_per_req"
 for r in $(seq 1 "$rounds"); do
+  dr="$($pin_load "$load" direct "127.0.0.1:$port" "$host" /v1/items "$work/upstream-ca.pem" "$conns" "$secs" | awk '{print $2}')"
   rv="$(measure reverse "$rev" /bench/v1/items "$conns" "$secs")"
   fw="$(measure forward "$fwd" "$host" /v1/items "$work/ca/ca.crt" "$conns" "$secs")"
-  echo "$r $rv $fw"
+  echo "$r $dr $rv $fw"
 done
 echo "# sidekey RSS after: $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") kB, peak $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") kB"

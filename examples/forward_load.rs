@@ -1,9 +1,11 @@
 //! Load for `benches/forward.sh`: a TLS mock upstream for one host name, and a client that
 //! keeps N keep-alive connections busy for a while, either through sidekey's forward proxy
-//! (CONNECT, TLS to sidekey's leaf, HTTP/1.1 inside) or through its reverse listener (plain
-//! HTTP), and prints the requests per second. Not part of the product.
+//! (CONNECT, TLS to sidekey's leaf, HTTP/1.1 inside), through its reverse listener (plain
+//! HTTP), or straight to the upstream over TLS (the baseline), and prints the requests per
+//! second. Not part of the product.
 //!
 //!   forward_load upstream DIR HOST
+//!   forward_load direct UPSTREAM_ADDR HOST PATH CA_PEM CONNS SECS
 //!   forward_load forward PROXY HOST PATH CA_PEM CONNS SECS
 //!   forward_load reverse ADDR PATH CONNS SECS
 
@@ -38,6 +40,21 @@ async fn run() {
                 let (proxy, host, path, tls) =
                     (proxy.clone(), host.clone(), path.clone(), tls.clone());
                 async move { forward(&proxy, &host, &path, tls).await }
+            })
+            .await;
+        }
+        Some("direct") => {
+            let tls = Arc::new(tls(&a[5]));
+            let (conns, secs) = (a[6].parse().unwrap(), a[7].parse().unwrap());
+            let (addr, host, path) = (a[2].clone(), a[3].clone(), a[4].clone());
+            load(conns, secs, move || {
+                let (addr, host, path, tls) =
+                    (addr.clone(), host.clone(), path.clone(), tls.clone());
+                async move {
+                    let tcp = TcpStream::connect(&addr).await.unwrap();
+                    tcp.set_nodelay(true).unwrap();
+                    over_tls(tcp, &host, &path, tls).await
+                }
             })
             .await;
         }
@@ -139,6 +156,16 @@ async fn forward(
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 200"));
+    over_tls(tcp, host, path, tls).await
+}
+
+/// HTTP/1.1 over TLS to `host` on an open TCP stream (a CONNECT tunnel or the upstream itself).
+async fn over_tls(
+    tcp: TcpStream,
+    host: &str,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> (Sender, Request<Empty<Bytes>>) {
     let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)

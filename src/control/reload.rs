@@ -37,15 +37,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut watcher = match notify::recommended_watcher(
         move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
-            // Only events about our files, or about kubelet's `..data` / `..<timestamp>`
-            // entries, count: a log file written into the same directory must not turn
-            // every log line into a reload (and every reload's log line into an event).
-            let names = relevant.load();
-            let ours =
-                event.paths.iter().filter_map(|p| p.file_name()).any(|n| {
-                    n.as_encoded_bytes().starts_with(b"..") || names.iter().any(|w| w == n)
-                });
-            if ours {
+            if counts(&event, &relevant.load()) {
                 // A full channel already holds a pending reload: coalesce.
                 let _ = tx.try_send(());
             }
@@ -102,6 +94,44 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The directories to watch for one file: its own, and the one its symlinks resolve to. A
+/// Secret volume's `api-key` is a symlink into `..data/`, itself a symlink to the current
+/// `..<timestamp>/` directory: a rewrite in place through the link (`echo new > api-key`, a
+/// bind-mounted file edited on a laptop) only shows up as an event in that last directory.
+fn watch_dirs(file: &Path) -> Vec<PathBuf> {
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolved = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf))
+        .filter(|real| std::fs::canonicalize(&parent).ok().as_ref() != Some(real));
+    std::iter::once(parent).chain(resolved).collect()
+}
+
+/// Whether a watcher event should trigger a re-read. Only changes count: notify also reports
+/// opens and reads, and our own re-read opens every file it depends on, so counting those
+/// turned each pass into the next one's trigger (a re-read every `debounce`, forever). And
+/// only events about our files, or about kubelet's `..data` / `..<timestamp>` entries: a log
+/// file written into the same directory must not turn every log line into a reload (and
+/// every reload's log line into an event).
+fn counts(event: &notify::Event, names: &[OsString]) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    let change = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    change
+        && event
+            .paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .any(|n| n.as_encoded_bytes().starts_with(b"..") || names.iter().any(|w| w == n))
+}
+
 struct Reloader {
     shared: Arc<Shared>,
     /// File names whose events trigger a reload (read by the watcher's thread).
@@ -126,15 +156,10 @@ impl Reloader {
             self.names.store(Arc::new(names));
         }
         let Some(watcher) = watcher else { return };
-        for file in files {
-            let dir = file
-                .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            let dir = if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
-            } else {
-                dir
-            };
+        // A directory that went away took its watch with it (kubelet deletes the old
+        // `..<timestamp>` directory after a swap).
+        self.watched.retain(|dir| dir.is_dir());
+        for dir in files.iter().flat_map(|f| watch_dirs(f)) {
             if self.watched.contains(&dir) {
                 continue;
             }
@@ -379,6 +404,52 @@ mod tests {
         let path = dir.join("gw.toml");
         std::fs::write(&path, text).unwrap();
         Arc::new(Config::load(&path).unwrap())
+    }
+
+    /// Reading a watched file (as every re-read does) must not trigger a re-read; changing it
+    /// must. Events arrive in order, so once the write to `sentinel` is seen, any event the
+    /// read caused has been seen too.
+    #[test]
+    fn reading_a_watched_file_is_not_a_change() {
+        let dir = std::env::temp_dir().join(format!("sidekey-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, sentinel) = (dir.join("key"), dir.join("sentinel"));
+        std::fs::write(&key, "k1").unwrap();
+        let names: Vec<OsString> = vec!["key".into(), "sentinel".into()];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                let _ = tx.send(event);
+            }
+        })
+        .unwrap();
+        watcher.watch(&dir, RecursiveMode::NonRecursive).unwrap();
+        // What events about `key` said until a counting event about `until` arrived.
+        let key_events_until = |until: &Path| -> Vec<bool> {
+            let mut seen = Vec::new();
+            loop {
+                let event = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                let about = |f: &Path| event.paths.iter().any(|p| p == f);
+                if about(&key) {
+                    seen.push(counts(&event, &names));
+                }
+                if about(until) && counts(&event, &names) {
+                    return seen;
+                }
+            }
+        };
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "k1");
+        std::fs::write(&sentinel, "1").unwrap();
+        let read = key_events_until(&sentinel);
+        assert!(!read.is_empty(), "the read was reported (open, close)");
+        assert!(
+            read.iter().all(|c| !c),
+            "a read counted as a change: {read:?}"
+        );
+        std::fs::write(&key, "k2").unwrap();
+        assert!(key_events_until(&key).contains(&true));
+        drop(watcher);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A reload that keeps a caller's limits keeps its limiter (no fresh burst); one that

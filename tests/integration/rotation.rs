@@ -96,6 +96,40 @@ async fn kubernetes_data_symlink_swap_twice() {
     p.stop().await;
 }
 
+/// `echo new > api-key` on a Secret-style layout writes through two symlinks into the
+/// current `..<timestamp>/` directory: the watch must see it there (the periodic re-read is
+/// 10 s away, beyond `SETTLE`), and again after a `..data` swap moved the key elsewhere.
+#[tokio::test]
+async fn in_place_rewrite_through_the_secret_symlinks() {
+    let up = Upstream::banata().await;
+    let dir = TempDir::new();
+    dir.write("ca.pem", up.ca.cert_pem());
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    kube_write(&secret, "..2026_12_02_00_00_00.1", "key-one");
+    std::os::unix::fs::symlink("..data/api-key", secret.join("api-key")).unwrap();
+    let p = TestProxy::start_in(dir, &config_text(&up.mock.url(), "")).await;
+    let link = p.dir.path().join("secret/api-key");
+    assert!(upstream_sees(&p, &up, "key-one").await);
+    std::fs::write(&link, "key-two").unwrap();
+    assert!(
+        upstream_sees(&p, &up, "key-two").await,
+        "in-place write missed"
+    );
+    kube_write(
+        &p.dir.path().join("secret"),
+        "..2026_12_02_00_01_00.2",
+        "key-three",
+    );
+    assert!(upstream_sees(&p, &up, "key-three").await, "swap missed");
+    std::fs::write(&link, "key-four").unwrap();
+    assert!(
+        upstream_sees(&p, &up, "key-four").await,
+        "in-place write after a swap missed"
+    );
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn bad_updates_keep_the_last_good_key() {
     let up = Upstream::banata().await;

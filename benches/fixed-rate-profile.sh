@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Where a proxy's time goes at ordinary load: the peer harness's fixed-rate shape (oha, 16
+# keep-alive connections, 2000 req/s, GET /v1/sandboxes) against the harness's own upstream
+# (its nginx template and throwaway CA), for sidekey (configured by benches/peers-candidate.sh,
+# exactly as in the peer run) or the harness's nginx peer. Reports, per request: CPU (user and
+# system), voluntary context switches (sleeps) and syscalls (`strace -c -f`, a separate run,
+# since tracing slows the process); then `perf record -e cpu-clock -g` over a third run, the top
+# symbols by self time and the share per DSO/crate.
+#
+#   benches/fixed-rate-profile.sh sidekey       # or: nginx
+#   PROFILE_RATE=2000 PROFILE_SECS=5 PROFILE_PERF=0 benches/fixed-rate-profile.sh sidekey
+# Needs ../shared/peers/setup.sh --with-oha (nginx, oha, the CA), perf and strace.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+peers="${PEERS_DIR:-$root/../shared/peers}"
+state="${PEERS_STATE:-$peers}"
+pki="$state/.work/pki"
+oha="$state/.tools/bin/oha"
+[ -x "$oha" ] || oha="$(command -v oha)"
+target="${1:-sidekey}"
+rate="${PROFILE_RATE:-2000}"
+secs="${PROFILE_SECS:-5}"
+do_perf="${PROFILE_PERF:-1}"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+work="$(mktemp -d)"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+render() { # SRC DST KEY=VAL...
+  local src="$1" dst="$2" args=() kv
+  shift 2
+  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${args[@]}" "$src" > "$dst"
+}
+wait_ok() { for _ in $(seq 1 200); do curl -s -o /dev/null "$@" && return 0; sleep 0.05; done; return 1; }
+
+up_port="$(free_port)" up_status="$(free_port)"
+mkdir -p "$work/upstream-tmp"
+render "$peers/conf/upstream-nginx.conf" "$work/upstream.conf" UP_WORKERS="$(nproc)" \
+  RUNDIR="$work" UP_PORT="$up_port" UP_STATUS_PORT="$up_status" PKI="$pki"
+"$nginx_bin" -e "$work/upstream.error.log" -p "$work" -c "$work/upstream.conf" > "$work/upstream.out" 2>&1 &
+pids+=($!)
+wait_ok "http://127.0.0.1:$up_status/status"
+
+# Kubernetes-style secret dir, as the harness makes it.
+mkdir -p "$work/secret/..2026_01_01.1"
+printf %s test-key-1 > "$work/secret/..2026_01_01.1/key"
+ln -s ..2026_01_01.1 "$work/secret/..data"
+ln -s ..data/key "$work/secret/key"
+port="$(free_port)"
+case "$target" in
+  sidekey)
+    bin="${SIDEKEY_BIN:-$("$here/build-release.sh")}"
+    "$here/peers-candidate.sh" "$bin" "127.0.0.1:$port" "https://localhost:$up_port" "$pki/ca.crt" \
+      "$work/secret/key" 1 "$peers/conf/allowlist.txt" "$work/sidekey" > "$work/proxy.out" 2>&1 &
+    ;;
+  nginx)
+    mkdir -p "$work/nginx-proxy-tmp"
+    printf 'set $api_key "%s";\n' test-key-1 > "$work/key.conf"
+    render "$peers/conf/nginx-proxy.conf" "$work/nginx.conf" WORKERS=1 RUNDIR="$work" \
+      PORT="$port" UP_PORT="$up_port" PKI="$pki" KEY_SNIPPET="$work/key.conf"
+    "$nginx_bin" -e "$work/nginx-proxy.error.log" -p "$work" -c "$work/nginx.conf" > "$work/proxy.out" 2>&1 &
+    ;;
+  *) echo "target: sidekey or nginx" >&2; exit 2 ;;
+esac
+pid=$!
+pids+=($pid)
+url="http://127.0.0.1:$port/v1/sandboxes"
+wait_ok --fail "$url" || { cat "$work/proxy.out" >&2; echo "$target did not start" >&2; exit 1; }
+# The process that does the work: nginx's one worker, sidekey itself.
+busy="$pid"
+[ "$target" = nginx ] && busy="$(pgrep -P "$pid" | head -1)"
+
+load() { "$oha" -z "${1}s" -c 16 -q "$rate" --latency-correction --no-tui --output-format json "$url" 2>/dev/null; }
+hz="$(getconf CLK_TCK)"
+load 2 > /dev/null # warm-up: connections open, pool filled, pages touched
+read -r u0 s0 <<< "$(awk '{print $14, $15}' "/proc/$busy/stat")"
+v0="$(awk '/^voluntary_ctxt/ {print $2}' "/proc/$busy/status")"
+out="$(load "$secs")"
+read -r u1 s1 <<< "$(awk '{print $14, $15}' "/proc/$busy/stat")"
+v1="$(awk '/^voluntary_ctxt/ {print $2}' "/proc/$busy/status")"
+printf '%s' "$out" | python3 -c '
+import json, sys
+d = json.load(sys.stdin); s = d["summary"]; p = d["latencyPercentiles"]
+n = sum(d.get("statusCodeDistribution", {}).values())
+name, secs = sys.argv[1], sys.argv[2]
+u, sy, v, hz = (int(x) for x in sys.argv[3:7])
+print("# %s at %.0f req/s over %s s: %d requests, p50 %.3f ms, p99 %.3f ms" % (name, s["requestsPerSec"], secs, n, p["p50"] * 1e3, p["p99"] * 1e3))
+print("cpu_us_per_req user %.1f system %.1f total %.1f" % (u / hz * 1e6 / n, sy / hz * 1e6 / n, (u + sy) / hz * 1e6 / n))
+print("voluntary_context_switches_per_req %.2f" % (v / n))
+' "$target" "$secs" "$((u1 - u0))" "$((s1 - s0))" "$((v1 - v0))" "$hz"
+
+# Syscalls per request (strace slows the process: counts, not times, are the point).
+if [ -n "${PROFILE_TRACE:-}" ]; then # e.g. PROFILE_TRACE=openat,read: a timed trace of those instead
+  strace -f -tt -e trace="$PROFILE_TRACE" -o "$work/trace.txt" -p "$busy" 2> /dev/null &
+else
+  strace -c -f -o "$work/strace.txt" -p "$busy" 2> /dev/null &
+fi
+st=$!
+sleep 0.5
+out="$(load "$secs")"
+kill -INT "$st"; wait "$st" 2>/dev/null || true
+n="$(printf '%s' "$out" | python3 -c 'import json,sys; print(sum(json.load(sys.stdin).get("statusCodeDistribution",{}).values()))')"
+if [ -n "${PROFILE_TRACE:-}" ]; then
+  echo "trace of $PROFILE_TRACE over $n requests: $(wc -l < "$work/trace.txt") calls; the first 40:"
+  head -40 "$work/trace.txt"
+  exit 0
+fi
+echo "syscalls_per_req (strace -c -f over $n requests)"
+awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { calls = $4; name = $NF; if (n > 0 && calls / n >= 0.01) printf "  %-16s %6.2f\n", name, calls / n }' "$work/strace.txt" | sort -k2 -rn
+
+if [ "$do_perf" = 1 ]; then
+  perf record -q -e cpu-clock -g -o "$work/perf.data" -p "$busy" 2> /dev/null &
+  pr=$!
+  sleep 0.5
+  load "$secs" > /dev/null
+  kill -INT "$pr"; wait "$pr" 2>/dev/null || true
+  echo "perf: share of samples by DSO"
+  perf report -i "$work/perf.data" --no-children --sort dso --stdio 2> /dev/null \
+    | awk '/^ +[0-9.]+%/ { printf "  %s %s\n", $1, $2 }' | head -8
+  echo "perf: top symbols by self time"
+  perf report -i "$work/perf.data" --no-children --sort sym --stdio -g none 2> /dev/null \
+    | awk '/^ +[0-9.]+%/ { $2 = ""; print "  " $0 }' | head -"${PROFILE_TOP:-30}"
+fi
