@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Large bodies side by side: a 1 GiB upload and a 1 GiB download with curl through sidekey
-# (HTTP/1.1 upstream pool, and HTTP/2 for the download), through nginx doing the same job, and
+# (`protocol` http1, http2, and auto: HTTP/2 negotiated, large uploads over HTTP/1.1), through
+# nginx doing the same job, and
 # straight to the upstream. Same upstream for all (examples/bulk_load.rs: TLS, h1 + h2 by ALPN,
 # reads every body to the end before answering). The proxy is pinned to core 0, curl and the
 # upstream to core 1. Prints MB/s (curl's own figure), the proxy's CPU (user+system, whole
@@ -8,14 +9,19 @@
 #
 #   benches/large-bodies.sh                   # 1 GiB, 3 rounds
 #   BULK_MIB=256 BULK_ROUNDS=1 benches/large-bodies.sh
+#   BULK_ONLY="sidekey-h1 nginx" benches/large-bodies.sh   # some rows only
+#   BULK_PERF=1 BULK_ONLY=sidekey-h2 benches/large-bodies.sh  # + perf's top symbols per transfer
 #
 # nginx: the peer harness's job (allow-list map, key header, verified TLS, keep-alive pool) with
-# `client_max_body_size 0`, `proxy_request_buffering off` and `proxy_buffering off`, so it
-# streams as sidekey does instead of spooling the body to a temporary file.
+# `client_max_body_size 0` and nginx's default buffer sizes; row `nginx` with
+# `proxy_request_buffering off` and `proxy_buffering off` (it streams, as sidekey does), row
+# `nginx-spool` with both on (nginx's default: the body goes to a temporary file first).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mib="${BULK_MIB:-1024}"
 rounds="${BULK_ROUNDS:-3}"
+only=" ${BULK_ONLY:-direct sidekey-h1 sidekey-h2 sidekey-auto nginx nginx-spool} "
+want() { [[ "$only" == *" $1 "* ]]; }
 bin="${SIDEKEY_BIN:-$("$root/benches/build-release.sh" 2>/dev/null)}"
 cargo build --release --locked --example bulk_load --manifest-path "$root/Cargo.toml" >&2
 load="$root/target/release/examples/bulk_load"
@@ -60,6 +66,7 @@ bulk = ["GET /v1/sandboxes/blob/{n}", "POST /v1/sandboxes/{id}/exec"]
 TOML
   RUST_LOG=warn,sidekey=info,sidekey::access=off $pin_proxy "$bin" run --config "$work/$1.toml" > "$work/$1.out" 2>&1 &
   pid=$!
+  pids+=($pid)
   addr=""
   for _ in $(seq 1 100); do
     addr="$(sed -n 's/.*"listener":"\([0-9.:]*\)".*/\1/p' "$work/$1.out" | head -1)"
@@ -69,10 +76,13 @@ TOML
   [ -n "$addr" ] || { cat "$work/$1.out" >&2; echo "sidekey did not start" >&2; exit 1; }
 }
 
-start_nginx() {
-  local p
+start_nginx() { # buffering: off (streams, as sidekey) | on (nginx's default: spools to a file)
+  local p buffering="$1"
   p="$(free_port)"
+  # nginx's worker runs as nobody: it must reach its temporary directory.
   mkdir -p "$work/nginx-tmp"
+  chmod 755 "$work"
+  chmod 1777 "$work/nginx-tmp"
   cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx.pid;
@@ -102,8 +112,8 @@ http {
             proxy_set_header Connection "";
             proxy_set_header Host localhost;
             proxy_set_header Authorization "Bearer $key";
-            proxy_request_buffering off;
-            proxy_buffering off;
+            proxy_request_buffering $buffering;
+            proxy_buffering $buffering;
             proxy_ssl_server_name on;
             proxy_ssl_name localhost;
             proxy_ssl_verify on;
@@ -114,6 +124,7 @@ http {
 NGINX
   $pin_proxy "$nginx_bin" -c "$work/nginx.conf" -e "$work/nginx.error.log" &
   pid=$!
+  pids+=($pid)
   addr="127.0.0.1:$p"
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.05; done
 }
@@ -155,9 +166,23 @@ measure() {
   shift 2
   before=0
   [ "$name" = direct ] || before="$(ticks "$pid")"
+  local perf=""
+  if [ "${BULK_PERF:-0}" = 1 ] && [ "$name" != direct ]; then
+    local busy
+    busy="$(pgrep -P "$pid" | head -1 || true)" # nginx's worker; sidekey has no children
+    [ -n "$busy" ] || busy="$pid"
+    perf record -q -e cpu-clock -g -o "$work/perf.data" -p "$busy" 2> /dev/null &
+    perf=$!
+    sleep 0.3
+  fi
   rate="$($kind "$@")"
   after=0
   [ "$name" = direct ] || after="$(ticks "$pid")"
+  if [ -n "$perf" ]; then
+    kill -INT "$perf"; wait "$perf" 2> /dev/null || true
+    perf report -i "$work/perf.data" --no-children --sort sym --stdio -g none 2> /dev/null \
+      | awk '/^ +[0-9.]+%/ { $2 = ""; print "#   " $0 }' | head -"${BULK_TOP:-25}" >&2 || true
+  fi
   awk -v n="$name" -v k="$kind" -v r="$rate" -v t=$((after - before)) -v hz="$hz" -v mib="$mib" \
     'BEGIN { if (n == "direct") printf "%-12s %-5s %6d MB/s\n", n, k, r;
              else printf "%-12s %-5s %6d MB/s %8.0f ms CPU/GiB\n", n, k, r, t / hz * 1e3 * 1024 / mib }'
@@ -166,21 +191,22 @@ measure() {
 echo "# $mib MiB per transfer, $rounds rounds; proxy on core 0, curl + upstream on core 1"
 for r in $(seq 1 "$rounds"); do
   echo "## round $r"
-  measure direct up --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/s1/exec"
-  measure direct down --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/blob/$bytes"
-  start_sidekey sidekey-h1 http1
-  measure sidekey-h1 up "http://$addr/v1/sandboxes/s1/exec"
-  measure sidekey-h1 down "http://$addr/v1/sandboxes/blob/$bytes"
-  echo "# sidekey-h1 peak RSS $(hwm "$pid") kB"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-  start_sidekey sidekey-h2 http2
-  measure sidekey-h2 up "http://$addr/v1/sandboxes/s1/exec"
-  measure sidekey-h2 down "http://$addr/v1/sandboxes/blob/$bytes"
-  echo "# sidekey-h2 peak RSS $(hwm "$pid") kB"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-  start_nginx
-  measure nginx up "http://$addr/v1/sandboxes/s1/exec"
-  measure nginx down "http://$addr/v1/sandboxes/blob/$bytes"
-  echo "# nginx peak RSS $(hwm "$pid") kB"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if want direct; then
+    measure direct up --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/s1/exec"
+    measure direct down --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/blob/$bytes"
+  fi
+  for row in sidekey-h1:http1 sidekey-h2:http2 sidekey-auto:auto nginx:off nginx-spool:on; do
+    name="${row%%:*}" arg="${row#*:}"
+    want "$name" || continue
+    case "$name" in
+      sidekey*) start_sidekey "$name" "$arg" ;;
+      nginx*) start_nginx "$arg" ;;
+    esac
+    # A small request first, as an app's traffic has: under auto, it finds HTTP/2.
+    curl -s -o /dev/null "http://$addr/v1/sandboxes/blob/1"
+    measure "$name" up "http://$addr/v1/sandboxes/s1/exec"
+    measure "$name" down "http://$addr/v1/sandboxes/blob/$bytes"
+    echo "# $name peak RSS $(hwm "$pid") kB"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
 done

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Which crates the resident pages of a running sidekey belong to.
 
-    benches/touched-pages.py PID [BINARY]
+    benches/touched-pages.py PID [BINARY [ROWS]]
 
 Reads /proc/PID/maps and /proc/PID/pagemap (root, or CAP_SYS_ADMIN, to see the page
 frames; the present bit is enough here) for the binary's file mappings, and `nm -S -C` for
-its symbols. Each resident page of the text segment is split between the symbols it holds,
+its symbols. Each crate's share of the binary's code (the sum of its symbol sizes, what
+cargo-bloat's `--crates` reports) is printed next to its share of the resident pages. Each resident page of the text segment is split between the symbols it holds,
 by bytes, and each symbol is charged to a crate: the first path segment of its demangled
 name (generic instances go to the innermost crate named in angle brackets when the outer
 one is core/alloc/std). Also prints the binary's size by section and the anonymous and
@@ -131,9 +132,18 @@ def main():
         roll = {l.split(":")[0]: l.split(":")[1].strip() for l in f if ":" in l}
     print(f"# RSS {roll.get('Rss')}: anonymous {roll.get('Anonymous')}, file {roll.get('Rss_File', '?')}")
     total = sum(by_crate.values())
-    print("crate resident_text_kB share")
-    for crate, b in by_crate.most_common(25):
-        print(f"{crate} {b / 1024:.0f} {100 * b / total:.1f}%")
+    in_binary = collections.Counter()
+    for _, size, crate in syms:
+        in_binary[crate] += size
+    code = sum(in_binary.values())
+    print(f"# code in symbols {code / 1024:.0f} kB, resident text {total / 1024:.0f} kB")
+    print("crate binary_text_kB share resident_text_kB share")
+    # Ordered by size in the binary: a big crate with few resident pages is on a cold path.
+    for crate, size in in_binary.most_common(int(sys.argv[3]) if len(sys.argv) > 3 else 30):
+        b = by_crate[crate]
+        print(f"{crate} {size / 1024:.0f} {100 * size / code:.1f}% {b / 1024:.0f} {100 * b / total:.1f}%")
+    print(f"(padding, no symbol) - - {by_crate['(padding, no symbol)'] / 1024:.0f} "
+          f"{100 * by_crate['(padding, no symbol)'] / total:.1f}%")
 
 
 if __name__ == "__main__":

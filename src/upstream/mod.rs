@@ -35,11 +35,34 @@ use pool::{Conn, Pool};
 /// (a bodiless request, which can be replayed if HTTP/2 proves it was never processed).
 pub type RequestBody = Either<Watched<crate::serve::RequestBody>, Empty<Bytes>>;
 
+/// Under `protocol = "auto"`, request bodies at least this long go over HTTP/1.1 even when
+/// the upstream speaks HTTP/2 (see [`Upstream::bulk`]).
+pub const BULK_BODY: u64 = 1024 * 1024;
+
+/// Hands an open connection to hyper's HTTP/1.1 client and spawns its task.
+async fn h1_handshake<T>(io: T) -> Result<Conn, BoxError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (tx, conn) = http1::Builder::new()
+        // Bounded per-connection read buffers: hyper's default lets each grow to ~400 KiB.
+        .max_buf_size(64 * 1024)
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn::H1(tx))
+}
+
 /// The pooled client for one upstream config.
 pub struct Upstream {
     connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     /// HTTP/1.1 only (no ALPN offered, so no server can pick h2): a WebSocket handshake gets
-    /// a fresh connection of its own, never the pooled (possibly HTTP/2) ones.
+    /// a fresh connection of its own, never the pooled (possibly HTTP/2) ones; a large body
+    /// under `auto` gets a pooled HTTP/1.1 connection ([`Upstream::bulk`]).
     upgrade_connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     pool: Arc<Pool>,
     /// Held while an HTTP/2 connection is being opened: a burst of requests shares one
@@ -226,12 +249,33 @@ impl Upstream {
         // back: it goes once more, on a new connection.
         let mut stale_retry = true;
         loop {
-            let (conn, reused) = match self.pool.checkout(started).await {
+            let bulk = self.bulk(&req);
+            let pooled = if bulk {
+                self.pool.checkout_h1(started).await
+            } else {
+                self.pool.checkout(started).await
+            };
+            let (conn, reused) = match pooled {
                 Some(c) => (c, true),
-                None => (
-                    self.connect().await.map_err(|e| classify_connect(&*e))?,
-                    false,
-                ),
+                None => {
+                    let opened = match bulk {
+                        // An upstream that refuses HTTP/1.1 gets the request over HTTP/2,
+                        // and no more bulk attempts.
+                        true => match self.connect_h1().await {
+                            Ok(c) => Ok(c),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "no HTTP/1.1 connection for a large body; using HTTP/2");
+                                let h2 = self.connect().await;
+                                if h2.is_ok() {
+                                    self.pool.no_bulk_h1();
+                                }
+                                h2
+                            }
+                        },
+                        false => self.connect().await,
+                    };
+                    (opened.map_err(|e| classify_connect(&*e))?, false)
+                }
             };
             let failed = match conn {
                 Conn::H1(mut tx) => {
@@ -278,6 +322,33 @@ impl Upstream {
         }
     }
 
+    /// Whether a request goes over HTTP/1.1 although the upstream speaks HTTP/2: under
+    /// `protocol = "auto"`, a body known to be at least [`BULK_BODY`] long. Multiplexing
+    /// makes small requests cheaper over HTTP/2 (one connection, frames of several requests
+    /// per TLS record and syscall), but a large body costs more there (flow-control windows,
+    /// 16 KiB frames, a copy into the connection's send buffer): BENCHMARKS.md, "Large
+    /// bodies".
+    fn bulk(&self, req: &http::Request<RequestBody>) -> bool {
+        use http_body::Body as _;
+        self.protocol == Protocol::Auto
+            && self.pool.seen_h2()
+            && self.pool.bulk_h1()
+            && req.body().size_hint().lower() >= BULK_BODY
+    }
+
+    /// Opens an HTTP/1.1 connection (ALPN offers only `http/1.1`), for [`Self::bulk`].
+    fn connect_h1(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send + '_>>
+    {
+        Box::pin(async {
+            let mut connector = self.upgrade_connector.clone();
+            std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+            let io = connector.call(self.dial.clone()).await?;
+            h1_handshake(io).await
+        })
+    }
+
     /// Opens a connection (TCP + TLS within `connect_timeout`) and hands it to hyper.
     /// Boxed: the connect path (TLS and HTTP/2 handshakes) is rare and its future is large;
     /// inline, it would be part of every request's future and copied with it.
@@ -315,18 +386,7 @@ impl Upstream {
             self.pool.set_h2(tx.clone());
             Ok(Conn::H2(tx))
         } else {
-            let (tx, conn) = http1::Builder::new()
-                // Bounded per-connection read buffers: hyper's default lets each grow to
-                // ~400 KiB.
-                .max_buf_size(64 * 1024)
-                .handshake(io)
-                .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok(Conn::H1(tx))
+            h1_handshake(io).await
         }
     }
 

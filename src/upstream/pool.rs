@@ -36,6 +36,8 @@ pub(super) struct Pool {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// The upstream has spoken HTTP/2: new connections are opened one at a time.
     seen_h2: AtomicBool,
+    /// An HTTP/1.1 connection for a large body failed where HTTP/2 worked: no more tries.
+    no_bulk_h1: AtomicBool,
     idle_timeout: Duration,
 }
 
@@ -45,6 +47,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             seen_h2: AtomicBool::new(false),
+            no_bulk_h1: AtomicBool::new(false),
             idle_timeout,
         }
     }
@@ -66,6 +69,15 @@ impl Pool {
         self.seen_h2.load(Ordering::Acquire)
     }
 
+    /// Large bodies may go over HTTP/1.1 (no attempt has failed).
+    pub(super) fn bulk_h1(&self) -> bool {
+        !self.no_bulk_h1.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn no_bulk_h1(&self) {
+        self.no_bulk_h1.store(true, Ordering::Relaxed);
+    }
+
     /// A pooled connection that can take a request now, if there is one. `now` is the
     /// request's arrival (close enough for an idle timeout; saves a clock read).
     pub(super) async fn checkout(&self, now: Instant) -> Option<Conn> {
@@ -75,6 +87,11 @@ impl Pool {
                 return Some(Conn::H2(tx));
             }
         }
+        self.checkout_h1(now).await
+    }
+
+    /// An idle HTTP/1.1 connection that can take a request now, if there is one.
+    pub(super) async fn checkout_h1(&self, now: Instant) -> Option<Conn> {
         loop {
             let idle = self
                 .idle

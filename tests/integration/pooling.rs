@@ -119,3 +119,57 @@ async fn a_long_stream_never_holds_up_the_next_request() {
     );
     p.stop().await;
 }
+
+/// Under `protocol = "auto"` with an upstream that speaks HTTP/2, a request whose body is
+/// known to be large goes over an HTTP/1.1 connection of its own (cheaper per byte:
+/// BENCHMARKS.md, "Large bodies"); small requests stay on the multiplexed connection, and
+/// `protocol = "http2"` keeps everything there.
+#[tokio::test]
+async fn auto_sends_large_uploads_over_http1() {
+    const BIG: usize = 2 * 1024 * 1024;
+    for protocol in ["auto", "http2"] {
+        let up = Upstream::with(Arc::new(|req| {
+            Box::pin(async move {
+                let version = format!("{:?}", req.version());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                sidekey::mock::json(
+                    http::StatusCode::OK,
+                    &serde_json::json!({ "version": version, "bytes": body.len() }),
+                )
+            })
+        }))
+        .await;
+        let p = TestProxy::start(&up, Some(KEY), &with_protocol(&up.mock.url(), protocol)).await;
+        let version = |r: &Reply| r.json()["version"].as_str().unwrap_or_default().to_owned();
+        let small = get(p.addr, "/v1/sandboxes").await;
+        assert_eq!(version(&small), "HTTP/2.0", "{protocol}");
+        let upload = |len: usize| {
+            Request::post("/v1/sandboxes")
+                .header("host", "app.local")
+                .body(http_body_util::Full::new(Bytes::from(vec![b'x'; len])))
+                .unwrap()
+        };
+        let big = send(p.addr, upload(BIG)).await;
+        assert_eq!(big.status, 200, "{protocol}");
+        assert_eq!(big.json()["bytes"], BIG, "{protocol}");
+        let want = if protocol == "auto" {
+            "HTTP/1.1"
+        } else {
+            "HTTP/2.0"
+        };
+        assert_eq!(version(&big), want, "{protocol}");
+        // Below the threshold, and after the bulk connection exists: still multiplexed.
+        let medium = send(p.addr, upload(64 * 1024)).await;
+        assert_eq!(version(&medium), "HTTP/2.0", "{protocol}");
+        assert_eq!(version(&get(p.addr, "/v1/sandboxes").await), "HTTP/2.0");
+        // The bulk connection is pooled for the next large body.
+        assert_eq!(
+            version(&send(p.addr, upload(BIG)).await),
+            want,
+            "{protocol}"
+        );
+        let expected = if protocol == "auto" { 2 } else { 1 };
+        assert_eq!(up.mock.connections(), expected, "{protocol}");
+        p.stop().await;
+    }
+}
