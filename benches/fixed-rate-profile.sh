@@ -9,6 +9,8 @@
 #
 #   benches/fixed-rate-profile.sh sidekey       # or: nginx
 #   PROFILE_RATE=2000 PROFILE_SECS=5 PROFILE_PERF=0 benches/fixed-rate-profile.sh sidekey
+#   PROFILE_TOUCHED=1 benches/fixed-rate-profile.sh sidekey   # RSS after one request, by crate
+#   SIDEKEY_BIN=target/release/sidekey ...                      # the plain `cargo build --release`
 # Needs ../shared/peers/setup.sh --with-oha (nginx, oha, the CA), perf and strace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -72,6 +74,14 @@ wait_ok --fail "$url" || { cat "$work/proxy.out" >&2; echo "$target did not star
 busy="$pid"
 [ "$target" = nginx ] && busy="$(pgrep -P "$pid" | head -1)"
 
+if [ "${PROFILE_TOUCHED:-0}" = 1 ]; then # RSS right after start and one request, by crate
+  grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/$busy/status"
+  echo "resident kB by mapped file:"
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { f = (NF >= 6 ? $6 : "[anon]") } /^Rss:/ { r[f] += $2 }
+       END { for (f in r) if (r[f] >= 64) printf "  %6d %s\n", r[f], f }' "/proc/$busy/smaps" | sort -rn
+  [ "$target" = sidekey ] && python3 "$here/touched-pages.py" "$busy" "" "${PROFILE_TOP:-30}"
+  exit 0
+fi
 load() { "$oha" -z "${1}s" -c 16 -q "$rate" --latency-correction --no-tui --output-format json "$url" 2>/dev/null; }
 hz="$(getconf CLK_TCK)"
 load 2 > /dev/null # warm-up: connections open, pool filled, pages touched

@@ -95,7 +95,7 @@ def sections(binary):
 
 def main():
     pid = sys.argv[1]
-    binary = sys.argv[2] if len(sys.argv) > 2 else subprocess.run(
+    binary = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else subprocess.run(
         ["readlink", f"/proc/{pid}/exe"], capture_output=True, text=True).stdout.strip()
     maps = mappings(pid, binary)
     if not maps:
