@@ -11,6 +11,7 @@
 #   PROFILE_RATE=2000 PROFILE_SECS=5 PROFILE_PERF=0 benches/fixed-rate-profile.sh sidekey
 #   PROFILE_TOUCHED=1 benches/fixed-rate-profile.sh sidekey   # RSS after one request, by crate
 #   SIDEKEY_BIN=target/release/sidekey ...                      # the plain `cargo build --release`
+#   PROFILE_RATE=0 PROFILE_CONNS=50 SIDEKEY_UPSTREAM_PROTOCOL=auto ...   # saturation, HTTP/2 pool
 # Needs ../shared/peers/setup.sh --with-oha (nginx, oha, the CA), perf and strace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -82,7 +83,10 @@ if [ "${PROFILE_TOUCHED:-0}" = 1 ]; then # RSS right after start and one request
   [ "$target" = sidekey ] && python3 "$here/touched-pages.py" "$busy" "" "${PROFILE_TOP:-30}"
   exit 0
 fi
-load() { "$oha" -z "${1}s" -c 16 -q "$rate" --latency-correction --no-tui --output-format json "$url" 2>/dev/null; }
+conns="${PROFILE_CONNS:-16}"
+pace=(-q "$rate" --latency-correction)
+[ "$rate" = 0 ] && pace=() # PROFILE_RATE=0: as fast as it goes (saturation)
+load() { "$oha" -z "${1}s" -c "$conns" "${pace[@]}" --no-tui --output-format json "$url" 2>/dev/null; }
 hz="$(getconf CLK_TCK)"
 load 2 > /dev/null # warm-up: connections open, pool filled, pages touched
 read -r u0 s0 <<< "$(awk '{print $14, $15}' "/proc/$busy/stat")"
@@ -121,11 +125,14 @@ echo "syscalls_per_req (strace -c -f over $n requests)"
 awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { calls = $4; name = $NF; if (n > 0 && calls / n >= 0.01) printf "  %-16s %6.2f\n", name, calls / n }' "$work/strace.txt" | sort -k2 -rn
 
 if [ "$do_perf" = 1 ]; then
-  perf record -q -e cpu-clock -g -o "$work/perf.data" -p "$busy" 2> /dev/null &
+  # PROFILE_CALLGRAPH=dwarf for callers (the release binary has no frame pointers);
+  # PROFILE_PERF_OUT=file keeps the recording for `perf report -i file`.
+  perf record -q -e cpu-clock --call-graph "${PROFILE_CALLGRAPH:-fp}" -o "$work/perf.data" -p "$busy" 2> /dev/null &
   pr=$!
   sleep 0.5
   load "$secs" > /dev/null
   kill -INT "$pr"; wait "$pr" 2>/dev/null || true
+  [ -n "${PROFILE_PERF_OUT:-}" ] && cp "$work/perf.data" "$PROFILE_PERF_OUT"
   echo "perf: share of samples by DSO"
   perf report -i "$work/perf.data" --no-children --sort dso --stdio 2> /dev/null \
     | awk '/^ +[0-9.]+%/ { printf "  %s %s\n", $1, $2 }' | head -8

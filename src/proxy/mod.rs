@@ -286,7 +286,9 @@ async fn forward<'s>(
     let host = parts.headers.get(http::header::HOST).cloned();
     // 4: strip, then inject exactly one credential header.
     inject::apply(&mut parts.headers, credential);
-    parts.headers.insert("x-request-id", request_id.clone());
+    parts
+        .headers
+        .insert("x-request-id", request_id::for_upstream(request_id));
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
 

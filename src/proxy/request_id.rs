@@ -36,6 +36,17 @@ fn mint() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The id as sent upstream: marked never-indexed, so an HTTP/2 upstream connection's HPACK
+/// encoder does not insert a value that is new on every request into its dynamic table. Indexed,
+/// each id pushed out the entries that do repeat (authority, user agent, ...), which were then
+/// re-sent and re-inserted, and every request walked the chain of earlier ids comparing values.
+/// No effect on HTTP/1.1.
+pub fn for_upstream(id: &HeaderValue) -> HeaderValue {
+    let mut id = id.clone();
+    id.set_sensitive(true);
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +60,14 @@ mod tests {
         let minted = from_headers(&h);
         assert_eq!(minted.len(), 16);
         assert_ne!(minted, from_headers(&h));
+    }
+
+    #[test]
+    fn the_upstream_copy_is_never_indexed() {
+        let id = mint();
+        let up = for_upstream(&id);
+        assert!(up.is_sensitive());
+        assert_eq!(up, id);
+        assert!(!id.is_sensitive());
     }
 }

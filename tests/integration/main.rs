@@ -16,6 +16,7 @@ mod faults;
 mod forward;
 mod gateway;
 mod h2_faults;
+mod h2_hpack;
 mod least_privilege;
 mod lifecycle;
 mod pooling;
