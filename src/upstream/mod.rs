@@ -7,6 +7,7 @@
 //! followed (nothing here follows them), so the key only ever goes to `upstream.url`'s
 //! origin: every connection is opened to that origin and nowhere else.
 
+mod auto;
 mod connect;
 mod pool;
 mod upgrade;
@@ -248,10 +249,14 @@ impl Upstream {
         // A pooled connection found closed before the request was written gives the request
         // back: it goes once more, on a new connection.
         let mut stale_retry = true;
+        let (_in_flight, before) = self.pool.enter();
+        let quiet = self.quiet(before);
         loop {
             let bulk = self.bulk(&req);
             let pooled = if bulk {
                 self.pool.checkout_h1(started).await
+            } else if quiet {
+                self.checkout_quiet(started).await
             } else {
                 self.pool.checkout(started).await
             };
@@ -320,33 +325,6 @@ impl Upstream {
                 _ => return Err(classify(&err)),
             }
         }
-    }
-
-    /// Whether a request goes over HTTP/1.1 although the upstream speaks HTTP/2: under
-    /// `protocol = "auto"`, a body known to be at least [`BULK_BODY`] long. Multiplexing
-    /// makes small requests cheaper over HTTP/2 (one connection, frames of several requests
-    /// per TLS record and syscall), but a large body costs more there (flow-control windows,
-    /// 16 KiB frames, a copy into the connection's send buffer): BENCHMARKS.md, "Large
-    /// bodies".
-    fn bulk(&self, req: &http::Request<RequestBody>) -> bool {
-        use http_body::Body as _;
-        self.protocol == Protocol::Auto
-            && self.pool.seen_h2()
-            && self.pool.bulk_h1()
-            && req.body().size_hint().lower() >= BULK_BODY
-    }
-
-    /// Opens an HTTP/1.1 connection (ALPN offers only `http/1.1`), for [`Self::bulk`].
-    fn connect_h1(
-        &self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send + '_>>
-    {
-        Box::pin(async {
-            let mut connector = self.upgrade_connector.clone();
-            std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-            let io = connector.call(self.dial.clone()).await?;
-            h1_handshake(io).await
-        })
     }
 
     /// Opens a connection (TCP + TLS within `connect_timeout`) and hands it to hyper.

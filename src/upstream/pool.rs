@@ -5,7 +5,7 @@
 //! block the next request), and is dropped if the body ends early or fails.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -38,7 +38,20 @@ pub(super) struct Pool {
     seen_h2: AtomicBool,
     /// An HTTP/1.1 connection for a large body failed where HTTP/2 worked: no more tries.
     no_bulk_h1: AtomicBool,
+    /// Exchanges waiting for response headers (the load signal of `auto`).
+    in_flight: AtomicUsize,
+    /// A background HTTP/1.1 connect for quiet traffic is under way (one at a time).
+    warming: AtomicBool,
     idle_timeout: Duration,
+}
+
+/// One exchange in flight; counted down when dropped.
+pub(super) struct InFlight<'p>(&'p Pool);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -48,6 +61,8 @@ impl Pool {
             h2: Mutex::new(None),
             seen_h2: AtomicBool::new(false),
             no_bulk_h1: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            warming: AtomicBool::new(false),
             idle_timeout,
         }
     }
@@ -76,6 +91,21 @@ impl Pool {
 
     pub(super) fn no_bulk_h1(&self) {
         self.no_bulk_h1.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts an exchange until the guard drops; returns how many were in flight before it.
+    pub(super) fn enter(&self) -> (InFlight<'_>, usize) {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        (InFlight(self), before)
+    }
+
+    /// Claims the one background HTTP/1.1 connect; false if one is under way.
+    pub(super) fn start_warming(&self) -> bool {
+        !self.warming.swap(true, Ordering::AcqRel)
+    }
+
+    pub(super) fn done_warming(&self) {
+        self.warming.store(false, Ordering::Release);
     }
 
     /// A pooled connection that can take a request now, if there is one. `now` is the
@@ -124,7 +154,7 @@ impl Pool {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn release(&self, tx: http1::SendRequest<RequestBody>) {
+    pub(super) fn release(&self, tx: http1::SendRequest<RequestBody>) {
         if tx.is_closed() {
             return;
         }
