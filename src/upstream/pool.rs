@@ -36,7 +36,8 @@ pub(super) struct Pool {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// The upstream has spoken HTTP/2: new connections are opened one at a time.
     seen_h2: AtomicBool,
-    /// An HTTP/1.1 connection for a large body failed where HTTP/2 worked: no more tries.
+    /// An HTTP/1.1 connection (for a large body or quiet traffic, `auto.rs`) failed where
+    /// HTTP/2 worked: no more tries.
     no_bulk_h1: AtomicBool,
     /// Exchanges waiting for response headers (the load signal of `auto`).
     in_flight: AtomicUsize,
@@ -84,7 +85,7 @@ impl Pool {
         self.seen_h2.load(Ordering::Acquire)
     }
 
-    /// Large bodies may go over HTTP/1.1 (no attempt has failed).
+    /// Large bodies and quiet traffic may go over HTTP/1.1 (no attempt has failed).
     pub(super) fn bulk_h1(&self) -> bool {
         !self.no_bulk_h1.load(Ordering::Relaxed)
     }
