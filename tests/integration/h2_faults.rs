@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use sidekey::pki::Ca;
 
@@ -33,23 +31,7 @@ struct H2Upstream {
 }
 
 async fn h2_upstream(fault: Fault) -> H2Upstream {
-    let ca = Ca::new("h2 test CA").unwrap();
-    let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(leaf.chain, leaf.key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
+    let (ca, url, listener, acceptor) = h2_tls_listener("h2 test CA").await;
     let streams = Arc::new(AtomicUsize::new(0));
     let seen = streams.clone();
     tokio::spawn(async move {
@@ -96,51 +78,23 @@ async fn goaway_on_first_stream<S>(mut io: S, seen: &AtomicUsize)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut preface = [0u8; 24];
-    if io.read_exact(&mut preface).await.is_err() {
+    use tokio::io::AsyncWriteExt;
+    if !h2_raw_start(&mut io).await {
         return;
     }
-    // Our SETTINGS (empty).
-    let _ = io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
-    loop {
-        let mut head = [0u8; 9];
-        if io.read_exact(&mut head).await.is_err() {
-            return;
-        }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let mut payload = vec![0u8; len];
-        if io.read_exact(&mut payload).await.is_err() {
-            return;
-        }
-        match (head[3], head[4]) {
-            // SETTINGS without ACK: acknowledge.
-            (4, 0) => {
-                let _ = io.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
-            }
-            // HEADERS: the request. GOAWAY, last_stream_id 0, NO_ERROR.
-            (1, _) => {
-                seen.fetch_add(1, Ordering::SeqCst);
-                let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                let _ = io.write_all(&goaway).await;
-                let _ = io.flush().await;
-            }
-            _ => {}
+    while let Some((head, _)) = h2_raw_frame(&mut io).await {
+        // HEADERS: the request. GOAWAY, last_stream_id 0, NO_ERROR.
+        if head[3] == 1 {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            let _ = io.write_all(&goaway).await;
+            let _ = io.flush().await;
         }
     }
 }
 
 async fn proxy_for(up: &H2Upstream) -> TestProxy {
-    let dir = TempDir::new();
-    dir.write("ca.pem", up.ca.cert_pem());
-    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
-    dir.write("secret/api-key", KEY);
-    let extra = "";
-    let text = config_text(&up.url, extra).replace(
-        "response_timeout = \"2s\"",
-        "response_timeout = \"2s\"\nprotocol = \"http2\"",
-    );
-    TestProxy::start_in(dir, &text).await
+    h2_proxy(&up.ca, &up.url).await
 }
 
 /// A bodiless GET meets `fault` on its first stream and succeeds on the replay.

@@ -5,9 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio::io::AsyncWriteExt;
 
 use sidekey::pki::Ca;
 
@@ -15,23 +13,7 @@ use crate::support::*;
 
 /// A raw TLS h2 upstream: records each HEADERS block it receives and answers `:status 200`.
 async fn recording_upstream() -> (Ca, String, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let ca = Ca::new("hpack test CA").unwrap();
-    let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(leaf.chain, leaf.key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
+    let (ca, url, listener, acceptor) = h2_tls_listener("hpack test CA").await;
     let blocks = Arc::new(Mutex::new(Vec::new()));
     let seen = blocks.clone();
     tokio::spawn(async move {
@@ -39,39 +21,22 @@ async fn recording_upstream() -> (Ca, String, Arc<Mutex<Vec<Vec<u8>>>>) {
             let (acceptor, seen) = (acceptor.clone(), seen.clone());
             tokio::spawn(async move {
                 if let Ok(mut io) = acceptor.accept(tcp).await {
-                    let mut preface = [0u8; 24];
-                    if io.read_exact(&mut preface).await.is_err() {
+                    if !h2_raw_start(&mut io).await {
                         return;
                     }
-                    let _ = io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
-                    loop {
-                        let mut head = [0u8; 9];
-                        if io.read_exact(&mut head).await.is_err() {
-                            return;
+                    while let Some((head, payload)) = h2_raw_frame(&mut io).await {
+                        if head[3] != 1 {
+                            continue;
                         }
-                        let len = usize::from(head[0]) << 16
-                            | usize::from(head[1]) << 8
-                            | usize::from(head[2]);
-                        let mut payload = vec![0u8; len];
-                        if io.read_exact(&mut payload).await.is_err() {
-                            return;
-                        }
-                        match (head[3], head[4]) {
-                            (4, 0) => {
-                                let _ = io.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
-                            }
-                            (1, flags) => {
-                                assert_eq!(flags & 0x2c, 0x04, "one unpadded block, no priority");
-                                seen.lock().unwrap().push(payload);
-                                // HEADERS, END_STREAM | END_HEADERS, `:status 200` (static 8).
-                                let mut resp = vec![0, 0, 1, 1, 5];
-                                resp.extend_from_slice(&head[5..9]);
-                                resp.push(0x88);
-                                let _ = io.write_all(&resp).await;
-                                let _ = io.flush().await;
-                            }
-                            _ => {}
-                        }
+                        let flags = head[4];
+                        assert_eq!(flags & 0x2c, 0x04, "one unpadded block, no priority");
+                        seen.lock().unwrap().push(payload);
+                        // HEADERS, END_STREAM | END_HEADERS, `:status 200` (static 8).
+                        let mut resp = vec![0, 0, 1, 1, 5];
+                        resp.extend_from_slice(&head[5..9]);
+                        resp.push(0x88);
+                        let _ = io.write_all(&resp).await;
+                        let _ = io.flush().await;
                     }
                 }
             });
@@ -133,15 +98,7 @@ fn representations(b: &[u8]) -> Vec<&'static str> {
 #[tokio::test]
 async fn a_per_request_id_never_enters_the_hpack_table() {
     let (ca, url, blocks) = recording_upstream().await;
-    let dir = TempDir::new();
-    dir.write("ca.pem", ca.cert_pem());
-    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
-    dir.write("secret/api-key", KEY);
-    let text = config_text(&url, "").replace(
-        "response_timeout = \"2s\"",
-        "response_timeout = \"2s\"\nprotocol = \"http2\"",
-    );
-    let p = TestProxy::start_in(dir, &text).await;
+    let p = h2_proxy(&ca, &url).await;
     for _ in 0..4 {
         let r = get(p.addr, "/v1/sandboxes").await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

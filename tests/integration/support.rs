@@ -423,3 +423,79 @@ where
     tokio::spawn(conn);
     sender
 }
+
+/// A raw HTTP/2 upstream's listening half: a TLS acceptor on `127.0.0.1:0` that offers only
+/// `h2` by ALPN, with a leaf for `localhost` from a CA minted here. Returns the CA, the
+/// upstream's URL, the listener and the acceptor.
+pub async fn h2_tls_listener(
+    name: &str,
+) -> (
+    Ca,
+    String,
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+) {
+    let ca = Ca::new(name).unwrap();
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(leaf.chain, leaf.key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    (ca, url, listener, acceptor)
+}
+
+/// A proxy for the raw HTTP/2 upstream at `url` (trusting `ca`), with `protocol = "http2"`.
+pub async fn h2_proxy(ca: &Ca, url: &str) -> TestProxy {
+    let dir = TempDir::new();
+    dir.write("ca.pem", ca.cert_pem());
+    std::fs::create_dir_all(dir.path().join("secret")).unwrap();
+    dir.write("secret/api-key", KEY);
+    let text = config_text(url, "").replace(
+        "response_timeout = \"2s\"",
+        "response_timeout = \"2s\"\nprotocol = \"http2\"",
+    );
+    TestProxy::start_in(dir, &text).await
+}
+
+/// A raw HTTP/2 server's start: reads the client's connection preface and sends an empty
+/// SETTINGS frame. False if the client went away.
+pub async fn h2_raw_start<S>(io: &mut S) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut preface = [0u8; 24];
+    if io.read_exact(&mut preface).await.is_err() {
+        return false;
+    }
+    io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.is_ok()
+}
+
+/// The next frame the client sends (its 9-byte head and payload), acknowledging any SETTINGS
+/// on the way; None when the client went away.
+pub async fn h2_raw_frame<S>(io: &mut S) -> Option<([u8; 9], Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let mut head = [0u8; 9];
+        io.read_exact(&mut head).await.ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        io.read_exact(&mut payload).await.ok()?;
+        match (head[3], head[4]) {
+            (4, 0) => io.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.ok()?,
+            _ => return Some((head, payload)),
+        }
+    }
+}
