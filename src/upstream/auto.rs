@@ -1,6 +1,6 @@
 //! `protocol = "auto"` once the upstream has spoken HTTP/2: which requests still go over
 //! pooled HTTP/1.1 connections because that is cheaper for them (BENCHMARKS.md, "Large
-//! bodies" and "HTTP/1.1 against HTTP/2 at ordinary load"):
+//! bodies" and "Quiet traffic under `auto`"):
 //! - a body known to be at least [`BULK_BODY`] long (flow-control windows, 16 KiB frames and
 //!   the copy into h2's send buffer cost 1.66x the CPU per GiB);
 //! - quiet traffic, fewer than [`QUIET_IN_FLIGHT`] exchanges in flight: with nothing to
@@ -10,10 +10,11 @@
 //!   HTTP/1.1 connection is opened in the background for the next (no request waits for a
 //!   handshake it would not otherwise need). Under concurrency everything multiplexes.
 //!
-//! If the upstream refuses HTTP/1.1 (an HTTP/1.1 connect fails where HTTP/2 worked), both
-//! stop for the life of the pool and everything stays on HTTP/2.
+//! If the upstream refuses HTTP/1.1 (an HTTP/1.1 connect fails, or the server does not select
+//! `http/1.1` by ALPN, where HTTP/2 worked), both stop for the life of the pool and everything
+//! stays on HTTP/2.
 
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
@@ -27,11 +28,23 @@ pub const QUIET_IN_FLIGHT: usize = 4;
 
 type Connector = TimeoutConnector<HttpsConnector<HttpConnector>>;
 
-/// Opens an HTTP/1.1 connection with `connector` (the upgrade connector: ALPN offers only
-/// `http/1.1`, same verified TLS and origin as every upstream connection).
+/// Opens an HTTP/1.1 connection with `connector` (`Upstream::h1_connector`: ALPN offers
+/// `http/1.1` alone; the same verified TLS, server name and origin as every upstream
+/// connection). An upstream that speaks HTTP/2 also speaks ALPN, so one that does not select
+/// `http/1.1` (it refuses the handshake, or ignores the offer and would speak h2) has refused
+/// HTTP/1.1.
 async fn open_h1(mut connector: Connector, dial: http::Uri) -> Result<Conn, BoxError> {
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
     let io = connector.call(dial).await?;
+    let agreed = match &io {
+        MaybeHttpsStream::Https(tls) => {
+            tls.inner().get_ref().1.alpn_protocol() == Some(b"http/1.1")
+        }
+        MaybeHttpsStream::Http(_) => false,
+    };
+    if !agreed {
+        return Err("the upstream did not select http/1.1 by ALPN".into());
+    }
     h1_handshake(io).await
 }
 
@@ -68,7 +81,7 @@ impl Upstream {
             return;
         }
         let pool = self.pool.clone();
-        let opening = open_h1(self.upgrade_connector.clone(), self.dial.clone());
+        let opening = open_h1(self.h1_connector.clone(), self.dial.clone());
         tokio::spawn(async move {
             match opening.await {
                 Ok(Conn::H1(tx)) => pool.release(tx),
@@ -87,6 +100,6 @@ impl Upstream {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send + '_>>
     {
-        Box::pin(open_h1(self.upgrade_connector.clone(), self.dial.clone()))
+        Box::pin(open_h1(self.h1_connector.clone(), self.dial.clone()))
     }
 }

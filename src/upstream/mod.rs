@@ -62,9 +62,12 @@ where
 pub struct Upstream {
     connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     /// HTTP/1.1 only (no ALPN offered, so no server can pick h2): a WebSocket handshake gets
-    /// a fresh connection of its own, never the pooled (possibly HTTP/2) ones; a large body
-    /// under `auto` gets a pooled HTTP/1.1 connection ([`Upstream::bulk`]).
+    /// a fresh connection of its own, never the pooled (possibly HTTP/2) ones.
     upgrade_connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
+    /// ALPN offers `http/1.1` alone: the HTTP/1.1 connections `auto` pools next to an HTTP/2
+    /// upstream (`auto.rs`), used only if the server agrees to `http/1.1` (an h2-only server
+    /// that ignored the offer and spoke h2 would fail every request sent over it).
+    h1_connector: TimeoutConnector<HttpsConnector<HttpConnector>>,
     pool: Arc<Pool>,
     /// Held while an HTTP/2 connection is being opened: a burst of requests shares one
     /// connect instead of opening a connection each.
@@ -172,6 +175,16 @@ impl Upstream {
                 None => b,
             }
         };
+        let mut h1_tls = tls.clone();
+        h1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let resolver: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> = match &server_name {
+            Some(name) => Arc::new(hyper_rustls::FixedServerNameResolver::new(name.clone())),
+            None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+        };
+        let h1_connector = TimeoutConnector {
+            inner: HttpsConnector::new(http.clone(), h1_tls, !cfg.allow_plaintext, resolver),
+            timeout: cfg.connect_timeout,
+        };
         let builder = start(tls.clone());
         let upgrade_builder = start(tls);
         let upgrade_connector = TimeoutConnector {
@@ -208,6 +221,7 @@ impl Upstream {
         Ok(Self {
             connector,
             upgrade_connector,
+            h1_connector,
             dial,
             pool: Arc::new(Pool::new(cfg.pool_idle_timeout)),
             h2_connect: tokio::sync::Mutex::new(()),

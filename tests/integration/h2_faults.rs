@@ -94,7 +94,7 @@ where
 }
 
 async fn proxy_for(up: &H2Upstream) -> TestProxy {
-    h2_proxy(&up.ca, &up.url).await
+    h2_proxy(&up.ca, &up.url, "http2").await
 }
 
 /// A bodiless GET meets `fault` on its first stream and succeeds on the replay.

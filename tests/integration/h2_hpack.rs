@@ -1,9 +1,14 @@
-//! HPACK on the shared HTTP/2 upstream connection: a value that is new on every request (the
-//! minted `x-request-id`) must not enter the encoder's dynamic table. Indexed, each id evicted
-//! the entries that do repeat, so every request re-sent and re-inserted them and walked the
-//! chain of earlier ids (3-5% of sidekey's CPU at saturation in the profile).
+//! A raw HTTP/2-only upstream (its ALPN offers `h2` alone), recording what sidekey sends:
+//! - HPACK on the shared connection: a value that is new on every request (the minted
+//!   `x-request-id`) must not enter the encoder's dynamic table. Indexed, each id evicted the
+//!   entries that do repeat, so every request re-sent and re-inserted them and walked the
+//!   chain of earlier ids (3-5% of sidekey's CPU at saturation in the profile).
+//! - `protocol = "auto"` against it: the HTTP/1.1 connection opened for quiet traffic is
+//!   refused once, and then never tried again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
@@ -11,13 +16,24 @@ use sidekey::pki::Ca;
 
 use crate::support::*;
 
+/// What the raw upstream saw: each HEADERS block, and how many TCP connections it accepted.
+struct Recording {
+    ca: Ca,
+    url: String,
+    blocks: Arc<Mutex<Vec<Vec<u8>>>>,
+    accepted: Arc<AtomicUsize>,
+}
+
 /// A raw TLS h2 upstream: records each HEADERS block it receives and answers `:status 200`.
-async fn recording_upstream() -> (Ca, String, Arc<Mutex<Vec<Vec<u8>>>>) {
+async fn recording_upstream() -> Recording {
     let (ca, url, listener, acceptor) = h2_tls_listener("hpack test CA").await;
     let blocks = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let seen = blocks.clone();
+    let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             let (acceptor, seen) = (acceptor.clone(), seen.clone());
             tokio::spawn(async move {
                 if let Ok(mut io) = acceptor.accept(tcp).await {
@@ -42,7 +58,12 @@ async fn recording_upstream() -> (Ca, String, Arc<Mutex<Vec<Vec<u8>>>>) {
             });
         }
     });
-    (ca, url, blocks)
+    Recording {
+        ca,
+        url,
+        blocks,
+        accepted,
+    }
 }
 
 /// An HPACK integer with an `n`-bit prefix (RFC 7541 5.1) at `b[*at]`.
@@ -97,13 +118,13 @@ fn representations(b: &[u8]) -> Vec<&'static str> {
 
 #[tokio::test]
 async fn a_per_request_id_never_enters_the_hpack_table() {
-    let (ca, url, blocks) = recording_upstream().await;
-    let p = h2_proxy(&ca, &url).await;
+    let up = recording_upstream().await;
+    let p = h2_proxy(&up.ca, &up.url, "http2").await;
     for _ in 0..4 {
         let r = get(p.addr, "/v1/sandboxes").await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
-    let blocks = blocks.lock().unwrap().clone();
+    let blocks = up.blocks.lock().unwrap().clone();
     assert_eq!(blocks.len(), 4, "one HTTP/2 connection, four streams");
     let first = representations(&blocks[0]);
     assert!(first.contains(&"incremental"), "{first:?}");
@@ -125,5 +146,47 @@ async fn a_per_request_id_never_enters_the_hpack_table() {
             "{kinds:?}"
         );
     }
+    p.stop().await;
+}
+
+/// `auto`, an upstream that speaks only HTTP/2: the background HTTP/1.1 open for quiet traffic
+/// fails its TLS handshake (no common ALPN protocol) once; every request still succeeds over
+/// HTTP/2, and no quiet request tries HTTP/1.1 again (two connections in all, however many
+/// requests follow).
+#[tokio::test]
+async fn auto_stops_trying_http1_once_the_upstream_refuses_it() {
+    let up = recording_upstream().await;
+    let p = h2_proxy(&up.ca, &up.url, "auto").await;
+    for i in 0..3 {
+        let r = get(p.addr, "/v1/sandboxes").await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let tried = eventually(Duration::from_secs(5), || async {
+        up.accepted.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(
+        tried,
+        "no HTTP/1.1 attempt: {}",
+        up.accepted.load(Ordering::SeqCst)
+    );
+    for _ in 0..20 {
+        assert_eq!(get(p.addr, "/v1/sandboxes").await.status, 200);
+    }
+    assert_eq!(
+        up.blocks.lock().unwrap().len(),
+        23,
+        "every request over HTTP/2"
+    );
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "HTTP/1.1 tried again after the upstream refused it"
+    );
     p.stop().await;
 }

@@ -455,15 +455,15 @@ pub async fn h2_tls_listener(
     (ca, url, listener, acceptor)
 }
 
-/// A proxy for the raw HTTP/2 upstream at `url` (trusting `ca`), with `protocol = "http2"`.
-pub async fn h2_proxy(ca: &Ca, url: &str) -> TestProxy {
+/// A proxy for the raw HTTP/2 upstream at `url` (trusting `ca`), with `upstream.protocol`.
+pub async fn h2_proxy(ca: &Ca, url: &str, protocol: &str) -> TestProxy {
     let dir = TempDir::new();
     dir.write("ca.pem", ca.cert_pem());
     std::fs::create_dir_all(dir.path().join("secret")).unwrap();
     dir.write("secret/api-key", KEY);
     let text = config_text(url, "").replace(
         "response_timeout = \"2s\"",
-        "response_timeout = \"2s\"\nprotocol = \"http2\"",
+        &format!("response_timeout = \"2s\"\nprotocol = \"{protocol}\""),
     );
     TestProxy::start_in(dir, &text).await
 }
