@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri};
-use sidekey::control::secret::{Credential, Source};
+use sidekey::credential::{Credential, Source};
 use sidekey::policy::canon::canonicalize;
 use sidekey::policy::{Pattern, Policy, RouteSpec};
 
@@ -130,26 +130,98 @@ fn bench_decide_apis(c: &mut Criterion) {
     g.finish();
 }
 
+/// Strip + `apply` per credential scheme, on the same request: the `header` row is today's
+/// injection, the others must stay near it.
 fn bench_inject(c: &mut Criterion) {
-    let credential = Credential::new(
-        http::header::AUTHORIZATION,
-        "Bearer ",
-        b"sk_live_0123456789abcdef",
-        Source::File,
-    )
-    .expect("key");
+    use sidekey::credential::{Part, Scheme, Spec};
+    use sidekey::policy::template::PathTemplate;
+    let key: &[u8] = b"sk_live_0123456789abcdef";
+    let spec = |scheme, parts: &[&str]| Spec {
+        scheme,
+        parts: parts
+            .iter()
+            .map(|n| Part {
+                name: (*n).into(),
+                source: Source::Env("UNUSED".into()),
+            })
+            .collect(),
+    };
+    let schemes = [
+        (
+            "header",
+            spec(
+                Scheme::Header {
+                    header: http::header::AUTHORIZATION,
+                    prefix: "Bearer ".into(),
+                },
+                &["key"],
+            ),
+        ),
+        ("basic", spec(Scheme::Basic, &["username", "password"])),
+        (
+            "query",
+            spec(
+                Scheme::Query {
+                    param: "key".into(),
+                },
+                &["key"],
+            ),
+        ),
+        (
+            "path",
+            spec(
+                Scheme::Path {
+                    templates: vec![PathTemplate::parse("/bot{key}").expect("template")].into(),
+                },
+                &["key"],
+            ),
+        ),
+        (
+            "headers",
+            spec(
+                Scheme::Headers {
+                    names: vec![
+                        http::HeaderName::from_static("dd-api-key"),
+                        http::HeaderName::from_static("dd-application-key"),
+                    ],
+                },
+                &["dd-api-key", "dd-application-key"],
+            ),
+        ),
+    ];
     let mut base = HeaderMap::new();
     base.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
     base.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     base.insert("accept", HeaderValue::from_static("*/*"));
     base.insert("authorization", HeaderValue::from_static("Bearer caller"));
-    c.bench_function("inject/strip_and_inject", |b| {
-        b.iter_batched_ref(
-            || base.clone(),
-            |h| sidekey::proxy::inject::apply(h, &credential),
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    let mut g = c.benchmark_group("inject");
+    for (name, spec) in schemes {
+        let credential = Credential::from_values(&spec, &[key, key]).expect("credential");
+        let label = if name == "header" {
+            "strip_and_inject".to_owned()
+        } else {
+            format!("strip_and_apply_{name}")
+        };
+        g.bench_function(label, |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut parts = http::Request::get("/v1/sandboxes?limit=10")
+                        .body(())
+                        .expect("request")
+                        .into_parts()
+                        .0;
+                    parts.headers = base.clone();
+                    parts
+                },
+                |parts| {
+                    sidekey::proxy::inject::strip(&mut parts.headers, credential.stripped());
+                    credential.apply(parts, 0).expect("apply");
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
 }
 
 fn bench_snapshot(c: &mut Criterion) {

@@ -18,6 +18,7 @@ pub mod upstream;
 // The writers (per reload): config, and control (snapshot state, reload, keys, TLS material).
 pub mod config;
 pub mod control;
+pub mod credential;
 // Beside both: admin endpoints, telemetry, the ground-floor names and the shutdown flag.
 pub mod admin;
 pub mod headers;
@@ -29,7 +30,7 @@ pub mod cli;
 pub mod mock;
 pub mod pki;
 
-use control::{reload, secret};
+use control::reload;
 use proxy::caller;
 
 use std::future::Future;
@@ -41,8 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
-use crate::control::secret::Credential;
 use crate::control::state::Shared;
+use crate::credential::Credential;
 use crate::serve::ServeOptions;
 
 /// Why the app could not start.
@@ -99,7 +100,8 @@ impl App {
                 (Some(c), _) => tracing::info!(
                     credential = &*named.name,
                     fingerprint = c.fingerprint(),
-                    source = c.source().as_str(),
+                    scheme = c.scheme(),
+                    source = c.source(),
                     "API key loaded"
                 ),
                 (None, Some(e)) => {
@@ -109,8 +111,8 @@ impl App {
                 }
                 (None, None) => {}
             }
-            if let config::CredentialSource::File(path) = &named.config.source {
-                if secret::looks_like_subpath_mount(path) {
+            for path in named.config.files() {
+                if credential::looks_like_subpath_mount(path) {
                     tracing::warn!(file = %path.display(), "the key file is a single-file mount (Kubernetes subPath?): such mounts never see Secret updates; mount the Secret as a whole volume");
                 }
             }

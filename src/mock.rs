@@ -206,7 +206,7 @@ async fn llm(req: Request<Incoming>) -> Response<MockBody> {
         .headers()
         .get("x-api-key")
         .filter(|v| !v.is_empty())
-        .map(|v| crate::control::secret::fingerprint(v.as_bytes()));
+        .map(|v| crate::credential::fingerprint(v.as_bytes()));
     match key {
         None => json(
             StatusCode::UNAUTHORIZED,
@@ -232,7 +232,7 @@ async fn banata(req: Request<Incoming>) -> Response<MockBody> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .filter(|k| !k.is_empty())
-        .map(|k| crate::control::secret::fingerprint(k.as_bytes()));
+        .map(|k| crate::credential::fingerprint(k.as_bytes()));
     let Some(fingerprint) = key else {
         return json(
             StatusCode::UNAUTHORIZED,

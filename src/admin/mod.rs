@@ -91,7 +91,10 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
                 "name": &*named.name,
                 "api": snap.config.apis.get(named.api).map(|a| &*a.name),
                 "fingerprint": key.as_ref().map(|c| c.fingerprint()),
-                "source": key.as_ref().map(|c| c.source().as_str()),
+                "source": key.as_ref().map(|c| c.source()),
+                "scheme": named.config.scheme.name(),
+                "placement": named.config.scheme.placement(),
+                "parts": key.as_ref().map(|c| parts_json(c, &named.config)),
                 "loaded_at": key.as_ref().map(|c| humantime::format_rfc3339_seconds(c.loaded_at()).to_string()),
                 "last_error": shared.credential_error(&named.name),
                 "used_by": used_by,
@@ -193,4 +196,26 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Each part of a credential: name, source (`file PATH`, `env $VAR`, `config`) and the
+/// fingerprint of a secret part. Never a value.
+fn parts_json(
+    c: &crate::credential::Credential,
+    spec: &crate::config::CredentialConfig,
+) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = c
+        .parts()
+        .iter()
+        .zip(spec.parts.iter())
+        .map(|(p, s)| {
+            serde_json::json!({
+                "name": &*p.name,
+                "source": p.source,
+                "from": s.source.describe(),
+                "fingerprint": p.fingerprint,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
 }

@@ -141,11 +141,7 @@ pub fn page(shared: &Shared) -> String {
     for (named, key) in cfg.credentials.iter().zip(snap.credentials.iter()) {
         let api = cfg.apis.get(named.api).map_or("none", |a| &*a.name);
         let (fp, source, loaded) = match key {
-            Some(k) => (
-                k.fingerprint().to_owned(),
-                k.source().as_str(),
-                age(k.loaded_at()),
-            ),
+            Some(k) => (k.fingerprint().to_owned(), k.source(), age(k.loaded_at())),
             None => ("none".into(), "-", "-".into()),
         };
         let error = shared.credential_error(&named.name).unwrap_or_default();

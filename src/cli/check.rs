@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{CheckOptions, EXIT_BAD_CONFIG, decision_of};
-use crate::config::{Config, CredentialSource, Expect, Identity, PolicyTest, Principal};
-use crate::control::secret::{Credential, KeyError};
+use crate::config::{Config, Expect, Identity, PolicyTest, Principal};
+use crate::credential::{Credential, KeyError};
 use crate::policy::Policy;
 use crate::policy::lint::Lint;
 
@@ -163,7 +163,7 @@ fn gateway_keys_present(config: &Config) -> Result<(), String> {
         return Ok(());
     }
     for c in &config.credentials {
-        if let CredentialSource::File(f) = &c.config.source {
+        for f in c.config.files() {
             if !f.exists() {
                 return Err(format!(
                     "{}: credential `{}`: the key file {} does not exist",
@@ -206,11 +206,12 @@ fn grants(config: &Config, p: &Principal) -> serde_json::Map<String, serde_json:
 fn source(config: &Config, slot: usize) -> String {
     match config.credentials.get(slot).map(|c| (&c.name, &c.config)) {
         Some((name, c)) => {
-            let from = match &c.source {
-                CredentialSource::File(p) => format!("file {}", p.display()),
-                CredentialSource::Env(v) => format!("env ${v}"),
-            };
-            format!("`{name}` ({from}) -> header `{}`", c.header)
+            let from: Vec<String> = c
+                .parts
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.source.describe()))
+                .collect();
+            format!("`{name}` ({}) -> {}", from.join(", "), c.scheme.placement())
         }
         None => "none".into(),
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::EXIT_BAD_CONFIG;
-use crate::config::{Config, CredentialSource, ForwardProxy, UnknownHosts, api_key};
+use crate::config::{Config, ForwardProxy, UnknownHosts, api_key};
 use crate::control::ca::{self, InterceptCa};
 
 /// `sh` (also bash, zsh) or `fish` syntax for `sidekey env`.
@@ -189,10 +189,8 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
     let secrets_in_env: Vec<String> = c
         .credentials
         .iter()
-        .filter_map(|n| match &n.config.source {
-            CredentialSource::Env(var) => Some(var.clone()),
-            CredentialSource::File(_) => None,
-        })
+        .flat_map(|n| n.config.parts.iter())
+        .filter_map(|p| p.source.env().map(str::to_owned))
         .collect();
     let placeholders: Vec<String> = c
         .apis

@@ -244,9 +244,9 @@ pub fn fingerprint(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> i32
         let _ = writeln!(err, "error: cannot read {}: {e}", path.display());
         return EXIT_BAD_CONFIG;
     }
-    match crate::control::secret::validate_key(&raw) {
+    match crate::credential::validate_key(&raw) {
         Ok(key) => {
-            let _ = writeln!(out, "{}", crate::control::secret::fingerprint(key));
+            let _ = writeln!(out, "{}", crate::credential::fingerprint(key));
             0
         }
         Err(e) => {

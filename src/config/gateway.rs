@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::credential::credential;
 use super::raw::{RawCaller, RawListenerTls};
-use super::sections::credential;
 use super::validate::Ctx;
 use super::{CredentialConfig, Identity, ListenerTls, NamedCredential, Principal, Rate};
+use crate::credential::Scheme;
 
 pub(crate) fn listener_tls(ctx: &Ctx<'_>, raw: &RawListenerTls) -> ListenerTls {
     ListenerTls {
@@ -104,7 +105,9 @@ pub(crate) struct ApiKeys<'a> {
     pub named: bool,
 }
 
-/// A caller's own key: header and prefix default to the API's key's (else the defaults).
+/// A caller's own key. Without a `scheme` of its own it takes the API's key's place (header
+/// and prefix, query parameter or path template); for an API whose key has several parts
+/// (`basic`, `headers`) the caller gives its whole shape.
 fn own_key(
     ctx: &Ctx<'_>,
     key: &str,
@@ -112,13 +115,40 @@ fn own_key(
     api_key: Option<&CredentialConfig>,
 ) -> Result<CredentialConfig, super::ConfigError> {
     let mut own = credential(ctx, key, raw)?;
-    if let Some(d) = api_key {
-        if raw.header.is_none() {
-            own.header = d.header.clone();
+    let Some(d) = api_key.filter(|_| raw.scheme.is_none()) else {
+        return Ok(own);
+    };
+    match (&mut own.scheme, &d.scheme) {
+        (
+            Scheme::Header { header, prefix },
+            Scheme::Header {
+                header: h,
+                prefix: p,
+            },
+        ) => {
+            if raw.header.is_none() {
+                *header = h.clone();
+            }
+            if raw.prefix.is_none() {
+                *prefix = p.clone();
+            }
         }
-        if raw.prefix.is_none() {
-            own.prefix = d.prefix.clone();
+        (Scheme::Header { .. }, Scheme::Query { .. } | Scheme::Path { .. })
+            if raw.header.is_none() && raw.prefix.is_none() =>
+        {
+            own.scheme = d.scheme.clone();
         }
+        (Scheme::Header { .. }, Scheme::Basic | Scheme::Headers { .. }) => {
+            return ctx.err(
+                key,
+                None,
+                format!(
+                    "the API's key has scheme = \"{}\": give this caller's key the same `scheme` and its parts",
+                    d.scheme.name()
+                ),
+            );
+        }
+        _ => {}
     }
     Ok(own)
 }

@@ -3,6 +3,7 @@
 //! so `sidekey check` output can be acted on without reading the source.
 
 mod apis;
+mod credential;
 mod forward;
 mod gateway;
 mod limits_shared;
@@ -16,7 +17,6 @@ pub use limits_shared::{OnError, SharedLimits};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
@@ -229,18 +229,9 @@ pub enum Protocol {
     Http2,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CredentialSource {
-    File(PathBuf),
-    Env(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CredentialConfig {
-    pub source: CredentialSource,
-    pub header: HeaderName,
-    pub prefix: String,
-}
+/// A credential's validated config (scheme and parts) and a part's source live with the
+/// credential code; these names are the config's view of them.
+pub use crate::credential::{Source as CredentialSource, Spec as CredentialConfig};
 
 /// The deployment's name and mode. Grants live on the principals (`principals[0]` in the
 /// service shape).
@@ -361,9 +352,19 @@ impl Config {
             .collect()
     }
 
-    /// The prefix router over every API.
+    /// The prefix router over every API, with the path templates of each API's `path`
+    /// credential (the first one configured for it: its own key, else a caller's).
     pub fn router(&self) -> crate::policy::apis::Router {
+        let templates = (0..self.apis.len())
+            .map(|i| {
+                self.credentials
+                    .iter()
+                    .filter(|c| c.api == i)
+                    .find_map(|c| c.config.scheme.templates().cloned())
+            })
+            .collect();
         crate::policy::apis::Router::new(self.apis.iter().map(|a| a.prefix.as_deref()))
+            .with_templates(templates)
     }
 
     /// The name a permission is granted by: qualified with named APIs.
@@ -387,9 +388,7 @@ impl Config {
         let mut files = vec![self.path.clone()];
         files.extend(self.apis.iter().filter_map(|a| a.permissions_path.clone()));
         for c in &self.credentials {
-            if let CredentialSource::File(f) = &c.config.source {
-                files.push(f.clone());
-            }
+            files.extend(c.config.files().map(Path::to_path_buf));
         }
         if let Some(ca) = self.forward_proxy.as_ref().and_then(|f| f.ca.as_ref()) {
             files.push(ca.cert.clone());

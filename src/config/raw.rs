@@ -140,10 +140,40 @@ pub(crate) struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCredential {
+    /// `header` (default), `basic`, `query`, `path`, `headers`.
+    pub scheme: Option<Spanned<String>>,
     pub file: Option<Spanned<String>>,
     pub env: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
+    /// `basic`: the user name (in the config, or from a file or variable) and the password.
+    pub username: Option<Spanned<String>>,
+    pub username_file: Option<Spanned<String>>,
+    pub username_env: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    /// `query`: the parameter name.
+    pub param: Option<Spanned<String>>,
+    /// `path`: one template or several.
+    pub template: Option<Spanned<OneOrMany>>,
+    /// `headers`: header name -> its part's source.
+    pub headers: Option<Spanned<BTreeMap<String, Spanned<RawPartSource>>>>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Where one part of a `headers` credential comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPartSource {
+    pub file: Option<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

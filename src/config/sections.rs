@@ -1,13 +1,13 @@
 //! The `[upstream]`, `[credential]` and `[limits]` sections: types, defaults and the rules
 //! that keep the key on verified TLS to one origin.
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::Uri;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
 use super::validate::{Ctx, duration};
-use super::{ConfigError, CredentialConfig, CredentialSource, Limits, Protocol, Upstream};
+use super::{ConfigError, Limits, Protocol, Upstream};
 
 pub(super) fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limits, ConfigError> {
     let max_in_flight = match raw.max_in_flight.as_ref() {
@@ -250,63 +250,4 @@ fn valid_env_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// A key source (`[credential]`, or a caller's own, named by `key`).
-pub(crate) fn credential(
-    ctx: &Ctx<'_>,
-    key: &str,
-    cred: &super::raw::RawCredential,
-) -> Result<CredentialConfig, ConfigError> {
-    let source = match (&cred.file, &cred.env) {
-        (Some(f), None) => CredentialSource::File(ctx.dir.join(f.get_ref())),
-        (None, Some(e)) if !e.get_ref().is_empty() => CredentialSource::Env(e.get_ref().clone()),
-        (None, Some(e)) => {
-            return ctx.err(
-                &format!("{key}.env"),
-                Some(e.span()),
-                "must name an environment variable",
-            );
-        }
-        (Some(_), Some(e)) => {
-            return ctx.err(key, Some(e.span()), "set exactly one of `file` or `env`");
-        }
-        (None, None) => return ctx.err(key, None, "set exactly one of `file` or `env`"),
-    };
-    let header_text = cred
-        .header
-        .as_ref()
-        .map_or("authorization", |h| h.get_ref().as_str());
-    let header_span = cred.header.as_ref().map(Spanned::span);
-    let Ok(header) = HeaderName::from_bytes(header_text.as_bytes()) else {
-        return ctx.err(
-            &format!("{key}.header"),
-            header_span,
-            format!("`{header_text}` is not a header name"),
-        );
-    };
-    if crate::headers::is_reserved(&header) {
-        return ctx.err(
-            &format!("{key}.header"),
-            header_span,
-            format!("`{header_text}` is a hop-by-hop or routing header"),
-        );
-    }
-    let prefix = cred
-        .prefix
-        .as_ref()
-        .map_or("Bearer ", |p| p.get_ref().as_str())
-        .to_owned();
-    if HeaderValue::from_str(&prefix).is_err() {
-        return ctx.err(
-            &format!("{key}.prefix"),
-            cred.prefix.as_ref().map(Spanned::span),
-            "must be printable ASCII",
-        );
-    }
-    Ok(CredentialConfig {
-        source,
-        header,
-        prefix,
-    })
 }

@@ -43,11 +43,13 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.apis[0].upstream.authority.as_str(), "api.example.com");
     assert_eq!(c.apis[0].upstream.connect_timeout, Duration::from_secs(5));
     assert_eq!(
-        c.credentials[0].config.source,
-        CredentialSource::File(d.join("key"))
+        c.credentials[0].config,
+        crate::credential::Spec::header(
+            CredentialSource::File(d.join("key")),
+            http::header::AUTHORIZATION,
+            "Bearer "
+        )
     );
-    assert_eq!(c.credentials[0].config.header, http::header::AUTHORIZATION);
-    assert_eq!(c.credentials[0].config.prefix, "Bearer ");
     assert_eq!(c.apis[0].catalogue.len(), 2);
     assert_eq!(c.runtime.workers, 1);
 }
@@ -260,8 +262,13 @@ fn gateway_callers_bring_keys_per_api() {
     assert_eq!(slots, ["banata", "ci/openai"]);
     let own = &c.credentials[ci.credentials[1].unwrap()];
     assert_eq!(own.api, 1);
-    assert_eq!(own.config.header.as_str(), "x-openai-key");
-    assert_eq!(own.config.prefix, "Bearer ");
+    assert_eq!(
+        own.config.scheme,
+        crate::credential::Scheme::Header {
+            header: http::HeaderName::from_static("x-openai-key"),
+            prefix: "Bearer ".into()
+        }
+    );
     // A granted API with no key for the caller is refused, naming the API.
     let text = TWO_APIS.replace(
         "credentials = { openai = { file = \"ci-openai-key\", header = \"x-openai-key\" } }",

@@ -91,7 +91,7 @@ impl InterceptCa {
         let ca = Self {
             cert: cert.der().clone(),
             cert_pem: cert.pem(),
-            fingerprint: crate::control::secret::fingerprint(cert.der()),
+            fingerprint: crate::credential::fingerprint(cert.der()),
             not_after: unix(SystemTime::now() + validity),
             issuer: Issuer::new(params, key),
             digest: None,
@@ -143,7 +143,7 @@ impl InterceptCa {
         }
         let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| e.to_string())?;
         Ok(Self {
-            fingerprint: crate::control::secret::fingerprint(&cert),
+            fingerprint: crate::credential::fingerprint(&cert),
             cert_pem: cert_pem.clone(),
             cert,
             not_after,

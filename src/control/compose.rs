@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::control::secret::{Credential, KeyError};
 use crate::control::state::{ApiState, PrincipalState, Snapshot};
 use crate::control::tls::TlsMaterial;
+use crate::credential::{Credential, KeyError};
 use crate::proxy::limit::Limiter;
 use crate::telemetry::RequestCounters;
 use crate::upstream::Upstream;

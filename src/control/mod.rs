@@ -4,7 +4,6 @@
 pub mod ca;
 mod compose;
 pub mod reload;
-pub mod secret;
 mod seed;
 pub mod shared_limit;
 pub mod state;

@@ -18,9 +18,9 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, CredentialConfig, CredentialSource};
-use crate::control::secret::{Credential, KeyError};
+use crate::config::{Config, CredentialConfig};
 use crate::control::state::{Shared, Snapshot};
+use crate::credential::{Credential, KeyError};
 use crate::telemetry;
 
 use super::compose::optional_client_cert;
@@ -347,10 +347,8 @@ impl Reloader {
         if self.last_key_errors.get(name) == Some(&message) {
             return;
         }
-        let source = match &config.source {
-            CredentialSource::File(p) => p.display().to_string(),
-            CredentialSource::Env(v) => format!("${v}"),
-        };
+        let sources: Vec<String> = config.parts.iter().map(|p| p.source.describe()).collect();
+        let source = sources.join(", ");
         tracing::warn!(credential = &**name, reason = %message, source, "API key update refused; the last good key stays in use");
         metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => name.to_string(), "result" => e.result_label())
             .increment(1);

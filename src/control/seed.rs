@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::control::secret::Credential;
+use crate::credential::Credential;
 use crate::telemetry;
 
 /// Series known at load exist from the start, at 0, so `rate()` and alerts see the first

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::config::Config;
-use crate::control::secret::Credential;
 use crate::control::tls::TlsMaterial;
+use crate::credential::Credential;
 use crate::policy::Policy;
 use crate::policy::apis::Router;
 use crate::proxy::limit::Limiter;

@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use http::{Method, Uri};
 
+use super::template::{PathTemplate, skip_any};
 use super::{Policy, Verdict, screen};
 
-/// Prefix -> API index, longest first.
+/// Prefix -> API index, longest first; per API, the path templates of a `path` credential.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     entries: Vec<(Arc<str>, usize)>,
+    templates: Vec<Option<Arc<[PathTemplate]>>>,
 }
 
 impl Router {
@@ -31,7 +33,32 @@ impl Router {
             .collect();
         // Longest first; a stable sort keeps declaration order among equals (never two).
         entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
-        Self { entries }
+        Self {
+            entries,
+            templates: Vec::new(),
+        }
+    }
+
+    /// `templates[i]`: API `i` takes its key in the path; a client's placeholder copy of one
+    /// of these templates is dropped before the allow-list matches.
+    pub fn with_templates(mut self, templates: Vec<Option<Arc<[PathTemplate]>>>) -> Self {
+        self.templates = templates;
+        self
+    }
+
+    /// After the prefix: where the checked path starts once a placeholder template is
+    /// dropped, and which template it was (0 when the client sent none).
+    fn skip_template(&self, api: usize, path: &str, at: usize) -> (usize, usize) {
+        let found = self
+            .templates
+            .get(api)
+            .and_then(Option::as_deref)
+            .zip(path.get(at..))
+            .and_then(|(ts, rest)| skip_any(ts, rest));
+        match found {
+            Some((index, skipped)) => (at + skipped, index),
+            None => (at, 0),
+        }
     }
 
     /// The API `path` (canonical) belongs to, and where the rest of the path starts.
@@ -66,6 +93,8 @@ pub struct Decision<'p, 'u> {
     /// The rest of the path is the whole inbound path (no prefix removed), so the inbound
     /// bytes can be forwarded as they are when canonical.
     pub whole_path: bool,
+    /// The path template the client used (`path` credentials; 0 when none).
+    pub template: usize,
 }
 
 /// Screens and canonicalises the whole path, picks the API, removes its prefix and matches
@@ -81,6 +110,7 @@ pub fn decide<'p, 'u>(
         api: None,
         verdict,
         whole_path: false,
+        template: 0,
     };
     let path = match screen(method, uri) {
         Ok(p) => p,
@@ -91,6 +121,7 @@ pub fn decide<'p, 'u>(
     else {
         return refused(Verdict::NoRoute { path });
     };
+    let (at, template) = router.skip_template(api, &path, at);
     let rest: Cow<'u, str> = match path {
         Cow::Borrowed(p) => Cow::Borrowed(p.get(at..).filter(|r| !r.is_empty()).unwrap_or("/")),
         Cow::Owned(p) => Cow::Owned(
@@ -104,5 +135,6 @@ pub fn decide<'p, 'u>(
         api: Some(api),
         verdict: policy.check(method, rest),
         whole_path: at == 0,
+        template,
     }
 }

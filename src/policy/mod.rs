@@ -10,6 +10,7 @@ pub mod apis;
 pub mod canon;
 pub mod lint;
 pub mod route;
+pub mod template;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -1,16 +1,14 @@
-//! Header hygiene: strip what must not cross the proxy, then inject the credential.
+//! Header hygiene: strip what must not cross the proxy, before the credential goes in.
 //!
 //! Order matters: everything the caller could use to smuggle or override a credential is
 //! removed first (including headers the caller lists in `Connection`, which could otherwise
-//! name our own header), and only then is exactly one credential header inserted. The
+//! name our own header), and only then does `Credential::apply` put the credential in. The
 //! hop-by-hop set is RFC 9110 section 7.6.1 plus the de-facto `Keep-Alive` and
 //! `Proxy-Connection`.
 
 use http::header::{self, HeaderMap, HeaderName};
 
 use crate::headers::{HOP_BY_HOP, is_hop_by_hop};
-
-use crate::control::secret::Credential;
 
 /// Framing problems that make a request unsafe to forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,8 +46,11 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
 
 /// Request headers removed before forwarding, besides hop-by-hop ones: caller credentials,
 /// routing and client-identity claims, method overrides, and `Expect` (we answer it).
-fn is_stripped_request(name: &str, credential: &HeaderName) -> bool {
-    if is_hop_by_hop(name) || name == credential.as_str() || name.starts_with("x-forwarded-") {
+fn is_stripped_request(name: &str, credential: &[HeaderName]) -> bool {
+    if is_hop_by_hop(name)
+        || credential.iter().any(|c| c.as_str() == name)
+        || name.starts_with("x-forwarded-")
+    {
         return true;
     }
     if matches!(
@@ -106,8 +107,9 @@ fn connection_named(headers: &HeaderMap, into: &mut Vec<HeaderName>) {
     }
 }
 
-/// Strips the request headers and injects `credential` (exactly one value).
-pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
+/// Strips the request headers a caller must not send upstream: hop-by-hop, routing and
+/// identity claims, `Authorization`, and `credential` (the headers the credential takes).
+pub fn strip(headers: &mut HeaderMap, credential: &[HeaderName]) {
     // Host is in every request: removed directly, so the usual request strips nothing else
     // and the list below never allocates.
     headers.remove(header::HOST);
@@ -116,7 +118,7 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
     doomed.extend(
         headers
             .keys()
-            .filter(|n| is_stripped_request(n.as_str(), credential.header()))
+            .filter(|n| is_stripped_request(n.as_str(), credential))
             .cloned(),
     );
     for name in &doomed {
@@ -125,8 +127,6 @@ pub fn apply(headers: &mut HeaderMap, credential: &Credential) {
     if headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
         strip_subprotocol_credentials(headers);
     }
-    // `insert` replaces every existing value: exactly one credential header leaves here.
-    headers.insert(credential.header().clone(), credential.value().clone());
 }
 
 /// Subprotocols that carry a bearer token, because browsers cannot set `Authorization` on a
@@ -204,14 +204,24 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    use crate::credential::{Credential, Source, Spec};
+
     fn cred(header: &str) -> Credential {
-        Credential::new(
+        let spec = Spec::header(
+            Source::Env("UNUSED".into()),
             HeaderName::from_bytes(header.as_bytes()).unwrap(),
             "Bearer ",
-            b"k-123",
-            crate::control::secret::Source::Env,
-        )
-        .unwrap()
+        );
+        Credential::from_values(&spec, &[b"k-123"]).unwrap()
+    }
+
+    /// What the request path does: strip, then the credential's own `apply`.
+    fn apply(h: &mut HeaderMap, c: &Credential) {
+        strip(h, c.stripped());
+        let mut parts = http::Request::get("/").body(()).unwrap().into_parts().0;
+        parts.headers = std::mem::take(h);
+        c.apply(&mut parts, 0).unwrap();
+        *h = parts.headers;
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -29,7 +29,7 @@ use http_body_util::{Either, Full};
 pub use error::ProxyError;
 
 use crate::config::Mode;
-use crate::control;
+
 use crate::control::state::{Shared, Snapshot};
 use crate::policy::apis::decide;
 use crate::policy::{Route, Verdict};
@@ -280,20 +280,27 @@ async fn forward<'s>(
         }
     };
     out.path = Some(pq.clone());
+    let template = decision.template;
     // Origin-form: the upstream client adds the configured origin (never the inbound Host).
     parts.uri = Uri::from(pq);
     // The address the client used, for rewriting link headers (never used to route).
     let host = parts.headers.get(http::header::HOST).cloned();
-    // 4: strip, then inject exactly one credential header.
-    inject::apply(&mut parts.headers, credential);
+    // 4: strip what the caller must not send, then (once the request's upstream form is
+    // final) the credential goes in: `apply` is the only code that puts it there.
+    inject::strip(&mut parts.headers, credential.stripped());
     parts
         .headers
         .insert("x-request-id", request_id::for_upstream(request_id));
     // The upstream connection's version is the client's business (ALPN).
     parts.version = http::Version::HTTP_11;
+    let put_key = |parts: &mut http::request::Parts, key: &crate::credential::Credential| {
+        key.apply(parts, template)
+            .map_err(|_| ProxyError::InvalidRequest("invalid_target"))
+    };
 
     if let (Ask::WebSocket { accept }, Some(slot)) = (&ask, tunnel_slot) {
         websocket::ask_upstream(&mut parts.headers);
+        put_key(&mut parts, credential)?;
         let req = Request::from_parts(parts, http_body_util::Empty::new());
         let resp = upstream
             .upgrade(req, started)
@@ -339,8 +346,9 @@ async fn forward<'s>(
         (Either::Left(body), Some(fault))
     };
     // A bodiless request may be replayed once after a 401 with a re-read key: its head is
-    // kept (a streamed body never is).
+    // kept, before the credential goes in (a streamed body never is).
     let head = fault.is_none().then(|| unauthorized::Head::of(&parts));
+    put_key(&mut parts, credential)?;
     let sent = upstream
         .send(Request::from_parts(parts, body), started)
         .await;
@@ -355,7 +363,7 @@ async fn forward<'s>(
             None => return Err(ProxyError::Upstream(kind)),
         },
     };
-    let mut sent_key: &control::secret::Credential = credential;
+    let mut sent_key: &crate::credential::Credential = credential;
     let replayed;
     if let (StatusCode::UNAUTHORIZED, Some(head)) = (resp.status(), head) {
         if let Some(newer) = unauthorized::newer_key(shared, principal, api, credential).await {
@@ -365,7 +373,9 @@ async fn forward<'s>(
                 new_fingerprint = newer.fingerprint(),
                 "upstream answered 401; the key changed: replaying once with the new key"
             );
-            let req = head.with_key(credential, &newer);
+            let req = head
+                .with_key(&newer, template)
+                .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?;
             resp = upstream
                 .send(req, started)
                 .await

@@ -8,8 +8,8 @@ use http_body_util::Either;
 
 use super::body::{InFlightGuard, Watched};
 use super::{ProxyBody, inject, links};
-use crate::control::secret::Credential;
 use crate::control::state::Snapshot;
+use crate::credential::Credential;
 use crate::telemetry;
 use crate::upstream::UpstreamBody;
 
@@ -39,7 +39,9 @@ pub(super) fn respond(
         || h.contains_key(http::header::CONTENT_LOCATION)
         || h.contains_key(http::header::LINK);
     match own_listener {
-        Some(own) if linked => rewrite_links(snap, api, own, host, resp.headers_mut()),
+        Some(own) if linked => {
+            rewrite_links(snap, (api, credential), own, host, resp.headers_mut())
+        }
         _ => {}
     }
     let idle = snap.config.limits.body_idle_timeout;
@@ -66,9 +68,11 @@ pub(super) fn count_unauthorized(
 }
 
 /// Rebases link headers on API `api`'s origin onto the local address the client used.
+/// A `path` credential's rendered templates are taken back out first, so a link never
+/// carries the key and still comes back through sidekey.
 fn rewrite_links(
     snap: &Snapshot,
-    api: usize,
+    (api, credential): (usize, &Credential),
     own_listener: bool,
     host: Option<&HeaderValue>,
     headers: &mut http::HeaderMap,
@@ -92,5 +96,9 @@ fn rewrite_links(
         Some("/") | None => "",
         Some(p) => p,
     };
-    links::rewrite(headers, &origin, &format!("{scheme}://{host}{prefix}"));
+    let local = format!("{scheme}://{host}{prefix}");
+    for key_path in credential.key_paths() {
+        links::rewrite(headers, &format!("{origin}{key_path}"), &local);
+    }
+    links::rewrite(headers, &origin, &local);
 }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{Either, Empty};
 
-use crate::control::secret::Credential;
 use crate::control::state::Shared;
+use crate::credential::{ApplyError, Credential};
 use crate::upstream::RequestBody;
 
 /// Longest wait for the re-read's snapshot.
@@ -33,16 +33,20 @@ impl Head {
         }
     }
 
-    /// The same request with `new` instead of `old`.
-    pub(super) fn with_key(mut self, old: &Credential, new: &Credential) -> Request<RequestBody> {
-        self.headers.remove(old.header());
-        self.headers
-            .insert(new.header().clone(), new.value().clone());
+    /// The same request with `new` applied (the head was kept before any credential went
+    /// in, so nothing of the old one is left to remove).
+    pub(super) fn with_key(
+        self,
+        new: &Credential,
+        template: usize,
+    ) -> Result<Request<RequestBody>, ApplyError> {
         let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.headers_mut() = self.headers;
-        req
+        let (mut parts, body) = req.into_parts();
+        new.apply(&mut parts, template)?;
+        Ok(Request::from_parts(parts, body))
     }
 }
 

@@ -215,7 +215,7 @@ async fn demo_serves_two_apis_with_their_own_keys() {
         llm.json()["key_fingerprint"].clone(),
     );
     assert!(a.is_string() && b.is_string() && a != b, "{a} {b}");
-    assert_ne!(b, sidekey::control::secret::fingerprint(b"not-the-key"));
+    assert_ne!(b, sidekey::credential::fingerprint(b"not-the-key"));
     assert_eq!(
         request(addr, "GET", "/llm/v1/models", &[]).await.code(),
         "permission_denied"
@@ -449,7 +449,7 @@ fn fingerprint_matches_what_credential_shows() {
     assert_eq!(code, 0);
     assert_eq!(
         out.trim(),
-        sidekey::control::secret::fingerprint(b"sk_live_fingerprint_0001")
+        sidekey::credential::fingerprint(b"sk_live_fingerprint_0001")
     );
     assert!(!out.contains("sk_live"));
     let empty = dir.write("e", "  \n");

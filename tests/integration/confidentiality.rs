@@ -44,7 +44,7 @@ async fn key_never_appears_in_any_output() {
     }
     // Rotate to a new key, then to an invalid one (which must not be echoed either).
     std::fs::write(dir.path().join("secret/api-key"), &key2).unwrap();
-    let fp2 = sidekey::control::secret::fingerprint(key2.as_bytes());
+    let fp2 = sidekey::credential::fingerprint(key2.as_bytes());
     assert!(
         eventually(Duration::from_secs(5), || async {
             get(admin, "/credential").await.json()["fingerprint"] == fp2.as_str()

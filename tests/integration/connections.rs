@@ -259,7 +259,7 @@ async fn counters_exist_at_zero_before_the_first_event() {
     let scrape = move || async move {
         String::from_utf8_lossy(&get(admin, "/metrics").await.body).into_owned()
     };
-    let fp = sidekey::control::secret::fingerprint(KEY.as_bytes());
+    let fp = sidekey::credential::fingerprint(KEY.as_bytes());
     let m = scrape().await;
     for series in [
         format!(
@@ -275,7 +275,7 @@ async fn counters_exist_at_zero_before_the_first_event() {
     }
     // A rotated key's series exists before its first 401.
     std::fs::write(&key, "sk_rotated_key_0002").unwrap();
-    let new = sidekey::control::secret::fingerprint(b"sk_rotated_key_0002");
+    let new = sidekey::credential::fingerprint(b"sk_rotated_key_0002");
     let want = format!(
         "sidekey_upstream_unauthorized_total{{api=\"default\",credential=\"default\",fingerprint=\"{new}\"}} 0"
     );

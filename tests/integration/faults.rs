@@ -159,7 +159,7 @@ async fn upstream_401_is_counted_by_fingerprint() {
     let r = get(p.addr, "/v1/sandboxes").await;
     assert_eq!(r.status, 401);
     let m = metrics(&p).await;
-    let fp = sidekey::control::secret::fingerprint(key.as_bytes());
+    let fp = sidekey::credential::fingerprint(key.as_bytes());
     assert!(
         m.contains(&format!(
             "sidekey_upstream_unauthorized_total{{api=\"default\",credential=\"default\",fingerprint=\"{fp}\"}}"

@@ -638,7 +638,7 @@ async fn caller_keys_rotate_and_credential_lists_every_key() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default", "billing-dashboard", "ci-e2e"]);
-    let fp = |key: &str| sidekey::control::secret::fingerprint(key.as_bytes());
+    let fp = |key: &str| sidekey::credential::fingerprint(key.as_bytes());
     assert_eq!(listed["credentials"][2]["fingerprint"], fp(CI_KEY).as_str());
     assert_eq!(listed["credentials"][2]["used_by"][0], "ci-e2e");
     assert!(!listed.to_string().contains(CI_KEY));

@@ -313,7 +313,7 @@ async fn the_status_page_shows_refusals_and_never_secrets() {
     let html = String::from_utf8_lossy(&page.body);
     assert!(html.contains("Ready."), "{html}");
     assert!(
-        html.contains(&sidekey::control::secret::fingerprint(key.as_bytes())),
+        html.contains(&sidekey::credential::fingerprint(key.as_bytes())),
         "{html}"
     );
     assert!(html.contains("<code>/v1/sandboxes/sb_9</code>"), "{html}");

@@ -41,7 +41,7 @@ async fn allowed_request_carries_exactly_one_injected_key() {
     }
     assert_eq!(
         r.json()["key_fingerprint"],
-        sidekey::control::secret::fingerprint(KEY.as_bytes())
+        sidekey::credential::fingerprint(KEY.as_bytes())
     );
     p.stop().await;
 }
@@ -221,14 +221,14 @@ async fn admin_endpoints_report_state_without_the_key() {
     let cred = get(p.admin, "/credential").await.json();
     assert_eq!(
         cred["fingerprint"],
-        sidekey::control::secret::fingerprint(KEY.as_bytes())
+        sidekey::credential::fingerprint(KEY.as_bytes())
     );
     assert_eq!(cred["source"], "file");
     assert!(cred["last_error"].is_null());
     let m = metrics(&p).await;
     assert!(m.contains(&format!(
         "sidekey_credential_info{{api=\"default\",credential=\"default\",fingerprint=\"{}\"}} 1",
-        sidekey::control::secret::fingerprint(KEY.as_bytes())
+        sidekey::credential::fingerprint(KEY.as_bytes())
     )));
     assert!(m.contains("sidekey_requests_total{"), "{m}");
     assert!(m.contains("sidekey_request_duration_seconds_bucket"), "{m}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sidekey::control::secret::fingerprint;
+use sidekey::credential::fingerprint;
 
 use crate::support::*;
 
@@ -386,7 +386,7 @@ async fn an_upstream_401_rereads_the_key_and_replays_once() {
     );
     assert_eq!(
         live_fingerprint(&p).await,
-        sidekey::control::secret::fingerprint(b"sk_new_0002")
+        sidekey::credential::fingerprint(b"sk_new_0002")
     );
 
     // Revoked with no new key: each 401 is answered as is, one upstream request each, and

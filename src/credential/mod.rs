@@ -1,0 +1,383 @@
+//! Credentials: what one is (its [`Scheme`] and its secret parts), where the parts come from
+//! ([`Source`]), its fingerprint, and [`Credential::apply`], the only code that puts a
+//! credential into a request.
+//!
+//! A [`Spec`] is the validated config; [`Credential::load`] reads every part, validates it and
+//! renders the ready-to-send form once (header values marked sensitive, query pair and path
+//! prefixes encoded), so the request path only copies. `Debug` shows the scheme and
+//! fingerprints, never a value; scratch buffers that held a part are wiped on drop.
+//!
+//! Adding a scheme: a file here with its encoder, a [`Scheme`] variant, its config shape in
+//! `config/credential.rs`. Adding a source: a [`Source`] variant in `source.rs`.
+
+mod basic;
+mod header;
+mod path;
+mod query;
+mod source;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub use source::{Source, looks_like_subpath_mount};
+
+use crate::policy::template::PathTemplate;
+
+/// Longest part accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// Where the credential goes in a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// One header, `<prefix><key>` (the default: `Authorization: Bearer <key>`).
+    Header { header: HeaderName, prefix: String },
+    /// `Authorization: Basic base64(username:password)`.
+    Basic,
+    /// One query parameter.
+    Query { param: String },
+    /// A path template in front of the checked path; several for APIs with several.
+    Path { templates: Arc<[PathTemplate]> },
+    /// Several headers, one part each (the parts are named after the headers).
+    Headers { names: Vec<HeaderName> },
+}
+
+impl Scheme {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Header { .. } => "header",
+            Self::Basic => "basic",
+            Self::Query { .. } => "query",
+            Self::Path { .. } => "path",
+            Self::Headers { .. } => "headers",
+        }
+    }
+
+    /// Where the key goes, for `explain` and `check` (never a value).
+    pub fn placement(&self) -> String {
+        match self {
+            Self::Header { header, prefix } if prefix.is_empty() => format!("header {header}"),
+            Self::Header { header, prefix } => format!("header {header}: {prefix}<key>"),
+            Self::Basic => "authorization: Basic".to_owned(),
+            Self::Query { param } => format!("query param {param}"),
+            Self::Path { templates } => {
+                let list: Vec<&str> = templates.iter().map(PathTemplate::as_str).collect();
+                format!("path {}", list.join(" | "))
+            }
+            Self::Headers { names } => {
+                let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+                format!("headers {}", list.join(", "))
+            }
+        }
+    }
+
+    /// The path templates, for the allow-list to drop a client's placeholder copy.
+    pub fn templates(&self) -> Option<&Arc<[PathTemplate]>> {
+        match self {
+            Self::Path { templates } => Some(templates),
+            _ => None,
+        }
+    }
+}
+
+/// One named part of a credential (`key`; `username`, `password`; a header name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub name: Arc<str>,
+    pub source: Source,
+}
+
+/// A validated credential config: its scheme and its parts, in the scheme's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub scheme: Scheme,
+    pub parts: Vec<Part>,
+}
+
+impl Spec {
+    /// The common case: one key, one header.
+    pub fn header(source: Source, header: HeaderName, prefix: impl Into<String>) -> Self {
+        Self {
+            scheme: Scheme::Header {
+                header,
+                prefix: prefix.into(),
+            },
+            parts: vec![Part {
+                name: Arc::from("key"),
+                source,
+            }],
+        }
+    }
+
+    /// Every file a part is read from (watched for changes).
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.parts.iter().filter_map(|p| p.source.file())
+    }
+}
+
+/// Why no credential could be loaded. Never carries key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the key file: {0}")]
+    Read(String),
+    #[error("the environment variable {0} is not set or not UTF-8")]
+    EnvMissing(String),
+    #[error("the key file changed while it was read (half-written?)")]
+    Unstable,
+    #[error("the key is empty")]
+    Empty,
+    #[error("the key is longer than {MAX_KEY_LEN} bytes")]
+    TooLong,
+    #[error("the key has a character outside visible ASCII (space, control or non-ASCII)")]
+    InvalidChar,
+    #[error("the Basic user name holds `:`")]
+    ColonInUser,
+    #[error("part {part}: {error}")]
+    Part { part: String, error: Box<KeyError> },
+}
+
+impl KeyError {
+    /// `error` for I/O problems, `invalid` for content problems (metric label).
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Self::Read(_) | Self::EnvMissing(_) | Self::Unstable => "error",
+            Self::Empty | Self::TooLong | Self::InvalidChar | Self::ColonInUser => "invalid",
+            Self::Part { error, .. } => error.result_label(),
+        }
+    }
+}
+
+/// The request target cannot carry the credential (a URI that does not rebuild).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyError;
+
+/// The first 12 hex characters of SHA-256(key).
+pub fn fingerprint(key: &[u8]) -> String {
+    let digest = Sha256::digest(key);
+    let mut out = String::with_capacity(12);
+    for byte in digest.iter().take(6) {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Trims surrounding ASCII whitespace and checks the key's characters.
+pub fn validate_key(raw: &[u8]) -> Result<&[u8], KeyError> {
+    let key = raw.trim_ascii();
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong);
+    }
+    if !key.iter().all(|b| (0x21..=0x7E).contains(b)) {
+        return Err(KeyError::InvalidChar);
+    }
+    Ok(key)
+}
+
+/// One loaded part, as shown in `/credential`: name, source kind, fingerprint (secret parts).
+#[derive(Clone, Debug)]
+pub struct PartInfo {
+    pub name: Arc<str>,
+    pub source: &'static str,
+    pub fingerprint: Option<String>,
+}
+
+/// The ready-to-send form.
+enum Form {
+    Headers(Vec<(HeaderName, HeaderValue)>),
+    Query(query::Pair),
+    Path(path::Rendered),
+}
+
+/// A loaded, valid credential: every part read at the same load, so a request always sees
+/// one consistent set of parts.
+pub struct Credential {
+    scheme: &'static str,
+    form: Form,
+    /// Caller headers that could carry or override this credential.
+    stripped: Vec<HeaderName>,
+    parts: Vec<PartInfo>,
+    fingerprint: String,
+    /// SHA-256 over the scheme and every part: equal means a reload changed nothing.
+    digest: [u8; 32],
+    source: &'static str,
+    loaded_at: SystemTime,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("scheme", &self.scheme)
+            .field("fingerprint", &self.fingerprint)
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Reads and validates every part, then renders the scheme's form.
+    pub fn load(spec: &Spec) -> Result<Self, KeyError> {
+        let several = spec.parts.len() > 1;
+        let mut values: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(spec.parts.len());
+        for part in &spec.parts {
+            let checked = part
+                .source
+                .read()
+                .and_then(|raw| validate_key(&raw).map(|k| Zeroizing::new(k.to_vec())));
+            match checked {
+                Ok(v) => values.push(v),
+                Err(e) if several => {
+                    return Err(KeyError::Part {
+                        part: part.name.to_string(),
+                        error: Box::new(e),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Self::from_values(spec, &values)
+    }
+
+    /// Builds from part values already read (validated here too).
+    pub fn from_values(spec: &Spec, values: &[impl AsRef<[u8]>]) -> Result<Self, KeyError> {
+        let value = |i: usize| -> Result<&[u8], KeyError> {
+            let raw = values.get(i).ok_or(KeyError::Empty)?;
+            validate_key(raw.as_ref())
+        };
+        let (form, stripped) = match &spec.scheme {
+            Scheme::Header { header, prefix } => (
+                Form::Headers(vec![(header.clone(), header::value(prefix, value(0)?)?)]),
+                vec![header.clone()],
+            ),
+            Scheme::Basic => (
+                Form::Headers(vec![(
+                    http::header::AUTHORIZATION,
+                    basic::value(value(0)?, value(1)?)?,
+                )]),
+                Vec::new(),
+            ),
+            Scheme::Query { param } => {
+                (Form::Query(query::Pair::new(param, value(0)?)), Vec::new())
+            }
+            Scheme::Path { templates } => (
+                Form::Path(path::Rendered::new(templates, value(0)?)),
+                Vec::new(),
+            ),
+            Scheme::Headers { names } => {
+                let mut list = Vec::with_capacity(names.len());
+                for (i, name) in names.iter().enumerate() {
+                    list.push((name.clone(), header::value("", value(i)?)?));
+                }
+                (Form::Headers(list), names.clone())
+            }
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(spec.scheme.name());
+        let mut parts = Vec::with_capacity(spec.parts.len());
+        for (i, part) in spec.parts.iter().enumerate() {
+            let v = value(i)?;
+            hasher.update((v.len() as u64).to_be_bytes());
+            hasher.update(v);
+            parts.push(PartInfo {
+                name: part.name.clone(),
+                source: part.source.as_str(),
+                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
+            });
+        }
+        let secret: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p.fingerprint.as_deref())
+            .collect();
+        // One secret part: its own fingerprint (what `sidekey fingerprint FILE` prints).
+        // Several: a fingerprint over theirs, so any part's rotation shows.
+        let fp = match secret.as_slice() {
+            [one] => (*one).to_owned(),
+            many => fingerprint(many.join(":").as_bytes()),
+        };
+        let source = spec
+            .parts
+            .iter()
+            .find(|p| p.source.is_secret())
+            .map_or("config", |p| p.source.as_str());
+        Ok(Self {
+            scheme: spec.scheme.name(),
+            form,
+            stripped,
+            parts,
+            fingerprint: fp,
+            digest: hasher.finalize().into(),
+            source,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// Puts the credential into a request whose final upstream form is known (origin-form
+    /// target as forwarded, caller headers already stripped by `proxy::inject`). `template`:
+    /// the path template the client used (`path` scheme), else 0.
+    pub fn apply(
+        &self,
+        parts: &mut http::request::Parts,
+        template: usize,
+    ) -> Result<(), ApplyError> {
+        match &self.form {
+            Form::Headers(list) => {
+                // `insert` replaces every existing value: exactly one of each leaves here.
+                for (name, value) in list {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
+            }
+            Form::Query(pair) => parts.uri = pair.apply(&parts.uri)?,
+            Form::Path(rendered) => parts.uri = rendered.apply(&parts.uri, template)?,
+        }
+        Ok(())
+    }
+
+    /// Caller headers that must go before [`apply`](Self::apply) (besides `Authorization`).
+    pub fn stripped(&self) -> &[HeaderName] {
+        &self.stripped
+    }
+
+    /// Rendered path prefixes holding the key (`path` scheme; empty otherwise), so link
+    /// headers can take the key back out.
+    pub fn key_paths(&self) -> Vec<&str> {
+        match &self.form {
+            Form::Path(r) => r.iter().collect(),
+            Form::Headers(_) | Form::Query(_) => Vec::new(),
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The first secret part's source kind (`file`, `env`).
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    pub fn parts(&self) -> &[PartInfo] {
+        &self.parts
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Same scheme and parts: a reload that changes nothing keeps the old credential.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+#[cfg(test)]
+mod tests;
