@@ -99,6 +99,8 @@ fn rewrite_links(
     let local = format!("{scheme}://{host}{prefix}");
     for key_path in credential.key_paths() {
         links::rewrite(headers, &format!("{origin}{key_path}"), &local);
+        // A relative reference (`/bot<key>/x`) too: rebased onto sidekey, key taken out.
+        links::rewrite(headers, key_path, &local);
     }
     links::rewrite(headers, &origin, &local);
 }

@@ -22,6 +22,7 @@ mod lifecycle;
 mod pooling;
 mod proxy;
 mod rotation;
+mod schemes;
 mod shared_limits;
 mod streaming;
 mod websocket;
