@@ -126,9 +126,23 @@ pub fn explain(
                 }
                 (false, false) => "",
             };
+            // Where the key goes (never a value); a path template goes in front of the path.
+            let spec = decision
+                .api
+                .and_then(|a| principal.credentials.get(a).copied().flatten())
+                .and_then(|slot| config.credentials.get(slot))
+                .map(|c| &c.config);
+            let key_at = spec.map_or_else(
+                || "none configured: 503 credential_unavailable".to_owned(),
+                |s| s.scheme.placement(),
+            );
+            let front = spec
+                .and_then(|s| s.scheme.templates())
+                .and_then(|t| t.get(decision.template).or(t.first()))
+                .map_or("", |t| t.as_str());
             writeln!(
                 out,
-                "allowed: {method} {target}\n  permission: {permission}\n  route:      {}\n  forwarded:  {}://{}{path}{query}{websocket}",
+                "allowed: {method} {target}\n  permission: {permission}\n  route:      {}\n  forwarded:  {}://{}{front}{path}{query}\n  credential: {key_at}{websocket}",
                 route.pattern, api.upstream.scheme, api.upstream.authority
             )
         }

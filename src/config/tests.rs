@@ -326,3 +326,139 @@ fn shared_limits_defaults_and_refusals() {
     let e = shared("redis_url = \"redis://r\"\nredis_urls = 1");
     assert!(e.to_string().contains("unknown field"), "{e}");
 }
+
+/// `[credential]` tables of every scheme: the good shapes load, and each mistake is refused
+/// naming the key (and, where the key was written, its line).
+#[test]
+fn credential_schemes_load_and_refuse_by_key() {
+    let with = |table: &str| MINIMAL.replace("[credential]\nfile = \"key\"", table);
+    let good = [
+        (
+            "[credential]\nscheme = \"basic\"\nusername = \"AC0123\"\npassword_file = \"pw\"",
+            "basic",
+        ),
+        (
+            "[credential]\nscheme = \"basic\"\nusername_env = \"U\"\npassword_env = \"P\"",
+            "basic",
+        ),
+        (
+            "[credential]\nscheme = \"query\"\nparam = \"key\"\nfile = \"k\"",
+            "query",
+        ),
+        (
+            "[credential]\nscheme = \"path\"\ntemplate = [\"/bot{key}\", \"/file/bot{key}\"]\nfile = \"k\"",
+            "path",
+        ),
+        (
+            "[credential]\nscheme = \"headers\"\nheaders = { \"dd-api-key\" = { file = \"a\" }, \"dd-application-key\" = { env = \"B\" } }",
+            "headers",
+        ),
+        (
+            "[credential]\nscheme = \"header\"\nfile = \"k\"\nheader = \"x-api-key\"\nprefix = \"\"",
+            "header",
+        ),
+    ];
+    for (table, scheme) in good {
+        let d = tmp();
+        let c = Config::load(&write(&d, "s.toml", &with(table))).unwrap();
+        assert_eq!(c.credentials[0].config.scheme.name(), scheme, "{table}");
+    }
+    let bad = [
+        (
+            "scheme = \"digest\"\nfile = \"k\"",
+            "credential.scheme",
+            "unknown scheme",
+        ),
+        (
+            "scheme = \"basic\"\nusername = \"a:b\"\npassword_file = \"p\"",
+            "credential.username",
+            "`:`",
+        ),
+        (
+            "scheme = \"basic\"\npassword_file = \"p\"",
+            "credential",
+            "username",
+        ),
+        (
+            "scheme = \"basic\"\nusername = \"u\"\npassword_file = \"p\"\npassword_env = \"P\"",
+            "credential",
+            "exactly one",
+        ),
+        (
+            "scheme = \"basic\"\nusername = \"u\"\nusername_file = \"f\"\npassword_file = \"p\"",
+            "credential",
+            "exactly one",
+        ),
+        (
+            "scheme = \"basic\"\nusername = \"u\"\nfile = \"p\"",
+            "credential.file",
+            "not a part",
+        ),
+        (
+            "scheme = \"query\"\nparam = \"\"\nfile = \"k\"",
+            "credential.param",
+            "non-empty",
+        ),
+        (
+            "scheme = \"query\"\nfile = \"k\"",
+            "credential.param",
+            "non-empty",
+        ),
+        (
+            "scheme = \"path\"\ntemplate = \"/bot\"\nfile = \"k\"",
+            "credential.template",
+            "exactly one",
+        ),
+        (
+            "scheme = \"path\"\ntemplate = \"/{key}/{key}\"\nfile = \"k\"",
+            "credential.template",
+            "exactly one",
+        ),
+        (
+            "scheme = \"path\"\ntemplate = \"bot{key}\"\nfile = \"k\"",
+            "credential.template",
+            "start with `/`",
+        ),
+        (
+            "scheme = \"path\"\nfile = \"k\"",
+            "credential.template",
+            "template",
+        ),
+        (
+            "scheme = \"headers\"\nheaders = { \"connection\" = { file = \"a\" } }",
+            "credential.headers.connection",
+            "hop-by-hop",
+        ),
+        (
+            "scheme = \"headers\"\nheaders = { \"host\" = { file = \"a\" } }",
+            "credential.headers.host",
+            "reserved",
+        ),
+        (
+            "scheme = \"headers\"\nheaders = {}",
+            "credential.headers",
+            "list the headers",
+        ),
+        (
+            "scheme = \"headers\"\nheaders = { \"a\" = { file = \"a\", env = \"A\" } }",
+            "credential.headers.a",
+            "exactly one",
+        ),
+        (
+            "scheme = \"header\"\nfile = \"k\"\nparam = \"key\"",
+            "credential.param",
+            "not a part",
+        ),
+    ];
+    for (body, key, says) in bad {
+        let e = load_err(&with(&format!("[credential]\n{body}")));
+        assert_eq!(e.key, key, "{body}: {e}");
+        assert!(e.message.contains(says), "{body}: {e}");
+        assert!(e.to_string().contains("s.toml"), "{e}");
+    }
+    // Where the offending key was written, its line is named.
+    let e = load_err(&with(
+        "[credential]\nscheme = \"query\"\nparam = \"\"\nfile = \"k\"",
+    ));
+    assert_eq!(e.line, Some(7), "{e}");
+}

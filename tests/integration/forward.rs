@@ -40,6 +40,11 @@ async fn setup(forward_extra: &str) -> Setup {
 }
 
 async fn setup_with(forward_extra: &str, who: &str) -> Setup {
+    setup_credential(forward_extra, who, "{ file = \"secret/api-key\" }").await
+}
+
+/// `credential`: the API's credential table (inline).
+async fn setup_credential(forward_extra: &str, who: &str, credential: &str) -> Setup {
     let upstream_ca = Ca::new("upstream CA").unwrap();
     let leaf = upstream_ca.leaf(&[HOST]).unwrap();
     let handler: sidekey::mock::Handler = Arc::new(|req| {
@@ -84,7 +89,7 @@ url = "https://{HOST}"
 connect_to = "{addr}"
 ca_file = "ca.pem"
 path_prefix = "/banata"
-credential = {{ file = "secret/api-key" }}
+credential = {credential}
 
 [api.banata.permissions]
 "sandbox_sessions:read" = ["GET /v1/sandboxes", "GET /v1/sandboxes/{{id}}"]
@@ -227,6 +232,40 @@ async fn an_intercepted_call_gets_the_key_and_the_allow_list() {
     );
     let text = metrics(&s.p).await;
     assert!(!text.contains(KEY));
+    s.p.stop().await;
+}
+
+/// The forward proxy applies the API's scheme as the reverse listener does: an unmodified
+/// client sends a placeholder where a `path` key goes; it is dropped, the rest is checked,
+/// and the real key is put in front of exactly that path.
+#[tokio::test]
+async fn an_intercepted_call_gets_a_path_key_in_place_of_the_placeholder() {
+    let s = setup_credential(
+        "",
+        "[service]\nname = \"forward-test\"\nallow = [\"banata/sandbox_sessions:read\"]\n",
+        "{ scheme = \"path\", template = \"/bot{key}\", file = \"secret/api-key\" }",
+    )
+    .await;
+    let r = inside(&s, HOST, HOST, "GET", "/botPLACEHOLDER/v1/sandboxes")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Ungranted behind the placeholder: refused, nothing sent.
+    let r = inside(
+        &s,
+        HOST,
+        HOST,
+        "DELETE",
+        "/botPLACEHOLDER/v1/sandboxes/sb_1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.code(), "permission_denied");
+    let seen = s.mock.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, format!("/bot{KEY}/v1/sandboxes"));
+    // The caller's Authorization is a caller credential under every scheme.
+    assert!(seen[0].headers.get("authorization").is_none());
     s.p.stop().await;
 }
 
