@@ -21,9 +21,12 @@ const DD_API: &str = "dd_api_key_0001";
 const DD_APP: &str = "dd_app_key_0001";
 const SECRETS: [&str; 5] = [TW_TOKEN, MAPS_KEY, TG_TOKEN, DD_API, DD_APP];
 
+/// Whether the mock accepts a request (target, headers).
+type Accept = Arc<dyn Fn(&http::Uri, &http::HeaderMap) -> bool + Send + Sync>;
+
 /// Answers 401 when `accept` says no, else 200 echoing the target; on a path holding a
 /// Telegram-style `bot...` segment, `Location` and `Content-Location` carry that segment.
-fn echo(accept: Arc<dyn Fn(&http::Uri, &http::HeaderMap) -> bool + Send + Sync>) -> Handler {
+fn echo(accept: Accept) -> Handler {
     Arc::new(move |req| {
         let ok = accept(req.uri(), req.headers());
         Box::pin(async move {
@@ -53,7 +56,7 @@ fn echo(accept: Arc<dyn Fn(&http::Uri, &http::HeaderMap) -> bool + Send + Sync>)
     })
 }
 
-fn any() -> Arc<dyn Fn(&http::Uri, &http::HeaderMap) -> bool + Send + Sync> {
+fn any() -> Accept {
     Arc::new(|_, _| true)
 }
 
@@ -67,14 +70,13 @@ struct Mocks {
 
 async fn mocks(maps_accept: Option<Arc<Mutex<String>>>) -> Mocks {
     let ca = Ca::new("test CA").unwrap();
-    let maps_check: Arc<dyn Fn(&http::Uri, &http::HeaderMap) -> bool + Send + Sync> =
-        match maps_accept {
-            Some(cur) => Arc::new(move |uri: &http::Uri, _: &http::HeaderMap| {
-                let want = format!("key={}", cur.lock().unwrap());
-                uri.query().is_some_and(|q| q.split('&').any(|p| p == want))
-            }),
-            None => any(),
-        };
+    let maps_check: Accept = match maps_accept {
+        Some(cur) => Arc::new(move |uri: &http::Uri, _: &http::HeaderMap| {
+            let want = format!("key={}", cur.lock().unwrap());
+            uri.query().is_some_and(|q| q.split('&').any(|p| p == want))
+        }),
+        None => any(),
+    };
     Mocks {
         twilio: MockUpstream::start(&ca, echo(any())).await.unwrap(),
         maps: MockUpstream::start(&ca, echo(maps_check)).await.unwrap(),
