@@ -27,6 +27,9 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "sidekey_upstream_errors_total";
 pub const UPSTREAM_UNAUTHORIZED_TOTAL: &str = "sidekey_upstream_unauthorized_total";
 /// Key reload attempts that found a change or failed: `result` (ok, invalid, error).
 pub const CREDENTIAL_RELOADS_TOTAL: &str = "sidekey_credential_reloads_total";
+/// Verify requests sent with a rotated key before it is used: `api`, `credential`, `result`
+/// (ok, rejected, unverified).
+pub const CREDENTIAL_VERIFICATIONS_TOTAL: &str = "sidekey_credential_verifications_total";
 /// Config reload attempts that found a change or failed: `result` (ok, invalid, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "sidekey_config_reloads_total";
 /// Listener certificate reloads that found a change or failed: `result` (ok, invalid).
@@ -136,6 +139,10 @@ fn describe() {
         "Upstream 401 answers, by key fingerprint"
     );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
+    describe_counter!(
+        CREDENTIAL_VERIFICATIONS_TOTAL,
+        "Verify requests with a rotated key before it is used, by result"
+    );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config reloads, by result");
     describe_counter!(TLS_RELOADS_TOTAL, "Listener certificate reloads, by result");
     metrics::describe_gauge!(WEBSOCKETS_OPEN, "WebSocket tunnels open, by api and caller");

@@ -97,6 +97,12 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
                 "parts": key.as_ref().map(|c| parts_json(c, &named.config)),
                 "loaded_at": key.as_ref().map(|c| humantime::format_rfc3339_seconds(c.loaded_at()).to_string()),
                 "last_error": shared.credential_error(&named.name),
+                "pending": shared.credential_pending(&named.name).map(|p| serde_json::json!({
+                    "fingerprint": p.fingerprint,
+                    "state": p.state,
+                    "status": p.status,
+                    "since": humantime::format_rfc3339_seconds(p.since).to_string(),
+                })),
                 "used_by": used_by,
             })
         })

@@ -137,7 +137,7 @@ pub fn page(shared: &Shared) -> String {
             snap.generation
         ),
     };
-    h.push_str("<h2>Keys</h2><table id=\"keys\"><tr><th>key</th><th>api</th><th>fingerprint</th><th>source</th><th>age</th><th>last error</th></tr>");
+    h.push_str("<h2>Keys</h2><table id=\"keys\"><tr><th>key</th><th>api</th><th>fingerprint</th><th>source</th><th>age</th><th>last error</th><th>pending key</th></tr>");
     for (named, key) in cfg.credentials.iter().zip(snap.credentials.iter()) {
         let api = cfg.apis.get(named.api).map_or("none", |a| &*a.name);
         let (fp, source, loaded) = match key {
@@ -145,13 +145,23 @@ pub fn page(shared: &Shared) -> String {
             None => ("none".into(), "-", "-".into()),
         };
         let error = shared.credential_error(&named.name).unwrap_or_default();
+        // A rotated key held back by its verify request: which, why, since when.
+        let pending = shared
+            .credential_pending(&named.name)
+            .map_or_else(String::new, |p| {
+                let status = p
+                    .status
+                    .map_or_else(String::new, |s| format!(" (HTTP {s})"));
+                format!("{} {}{status}, {}", p.fingerprint, p.state, age(p.since))
+            });
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{source}</td><td>{loaded}</td><td class=\"bad\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{source}</td><td>{loaded}</td><td class=\"bad\">{}</td><td class=\"pending\">{}</td></tr>",
             esc(&named.name),
             esc(api),
             esc(&fp),
-            esc(&error)
+            esc(&error),
+            esc(&pending)
         );
     }
     h.push_str("</table>");

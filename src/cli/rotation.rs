@@ -65,9 +65,23 @@ pub async fn collect(source: Source<'_>) -> (Vec<Row>, Vec<String>) {
                     Ok(body) => {
                         let list = body["credentials"].as_array().cloned().unwrap_or_default();
                         for c in list {
+                            let name = format!("{}/{}", text(&c["api"]), text(&c["name"]));
+                            // A credential of several parts: a row per secret part too
+                            // (`--credential datadog/dd-application-key`).
+                            let parts = c["parts"].as_array().cloned().unwrap_or_default();
+                            for p in parts.iter().filter(|_| parts.len() > 1) {
+                                if p["fingerprint"].is_string() {
+                                    rows.push(Row {
+                                        instance: base.clone(),
+                                        credential: format!("{name}/{}", text(&p["name"])),
+                                        fingerprint: text(&p["fingerprint"]),
+                                        loaded_at: text(&c["loaded_at"]),
+                                    });
+                                }
+                            }
                             rows.push(Row {
                                 instance: base.clone(),
-                                credential: format!("{}/{}", text(&c["api"]), text(&c["name"])),
+                                credential: name,
                                 fingerprint: text(&c["fingerprint"]),
                                 loaded_at: text(&c["loaded_at"]),
                             });

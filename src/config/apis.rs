@@ -80,10 +80,12 @@ pub(super) fn single(
             "missing table [upstream] with `url` (or [api.NAME] tables)",
         );
     };
+    let verify_text = up.verify.clone();
     let upstream = upstream(ctx, "upstream", up)?;
     let key = key.map(|c| credential(ctx, "credential", c)).transpose()?;
     let permissions_path = file.as_ref().map(|(p, _, _)| p.clone());
     let (catalogue, names) = catalogue(ctx, "", inline, file)?;
+    let verify = verify(ctx, "upstream.verify", verify_text.as_ref(), &catalogue)?;
     Ok(Drafted {
         apis: vec![Api {
             name: "default".into(),
@@ -92,6 +94,7 @@ pub(super) fn single(
             upstream,
             catalogue,
             permissions_path,
+            verify,
         }],
         names: vec![names],
         keys: vec![key],
@@ -170,6 +173,7 @@ pub(super) fn named(
             allow_plaintext_upstream: api.allow_plaintext_upstream,
             connect_to: api.connect_to,
             placeholder_env: api.placeholder_env,
+            verify: None,
         };
         let upstream = upstream(ctx, &table, up)?;
         let file = files.remove(&name);
@@ -182,6 +186,12 @@ pub(super) fn named(
                 "an API needs a catalogue: `permissions_file` or an [api.NAME.permissions] table",
             );
         }
+        let verify = verify(
+            ctx,
+            &format!("{table}.verify"),
+            api.verify.as_ref(),
+            &catalogue,
+        )?;
         out.apis.push(Api {
             name: name.as_str().into(),
             prefix,
@@ -189,6 +199,7 @@ pub(super) fn named(
             upstream,
             catalogue,
             permissions_path,
+            verify,
         });
         out.names.push(names);
         out.keys.push(key);
@@ -280,4 +291,56 @@ fn catalogue(
         }
     }
     Ok((catalogue, names))
+}
+
+/// `verify = "GET /path"`: a bodiless GET or HEAD that is a route of the API's own catalogue
+/// (so the probe can never reach a path the allow-list does not know).
+fn verify(
+    ctx: &Ctx<'_>,
+    key: &str,
+    raw: Option<&Spanned<String>>,
+    catalogue: &[RouteSpec],
+) -> Result<Option<super::Verify>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let span = Some(raw.span());
+    let mut parts = raw.get_ref().split_ascii_whitespace();
+    let (Some(method), Some(target), None) = (parts.next(), parts.next(), parts.next()) else {
+        return ctx.err(key, span, "write `verify = \"GET /path\"`");
+    };
+    let method = match method {
+        "GET" => http::Method::GET,
+        "HEAD" => http::Method::HEAD,
+        _ => {
+            return ctx.err(
+                key,
+                span,
+                "the verify request must be a GET or HEAD (no body, no side effect)",
+            );
+        }
+    };
+    let Ok(uri) = target.parse::<http::Uri>() else {
+        return ctx.err(key, span, format!("`{target}` is not a request target"));
+    };
+    let Some(pq) = uri
+        .path_and_query()
+        .filter(|_| uri.authority().is_none() && target.starts_with('/'))
+    else {
+        return ctx.err(
+            key,
+            span,
+            "the verify target must be a path (`/v1/...`), not a URL",
+        );
+    };
+    let policy = crate::policy::Policy::new(catalogue.to_vec(), |_| true);
+    if !policy.evaluate(&method, &uri).is_allowed() {
+        return ctx.err(
+            key,
+            span,
+            format!("`{method} {target}` is not a route of this API's catalogue"),
+        );
+    }
+    Ok(Some(super::Verify {
+        method,
+        target: pq.clone(),
+    }))
 }

@@ -81,6 +81,16 @@ pub struct Api {
     pub catalogue: Vec<RouteSpec>,
     /// The catalogue file, when `permissions_file` names one.
     pub permissions_path: Option<PathBuf>,
+    /// `verify = "GET /path"`: a rotated key is tried with this request before it is used.
+    pub verify: Option<Verify>,
+}
+
+/// A bodiless GET or HEAD on one of the API's catalogue routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verify {
+    pub method: http::Method,
+    /// Origin-form target, as sent.
+    pub target: http::uri::PathAndQuery,
 }
 
 /// One identity with its own grants and key.

@@ -69,6 +69,8 @@ pub(crate) struct RawApi {
     pub allow_plaintext_upstream: bool,
     pub connect_to: Option<Spanned<String>>,
     pub placeholder_env: Option<Spanned<String>>,
+    /// `"GET /path"`: tried with a rotated key before it is used.
+    pub verify: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,8 @@ pub(crate) struct RawUpstream {
     pub connect_to: Option<Spanned<String>>,
     /// `sidekey exec`: a variable set to a placeholder so SDKs that insist on a key start.
     pub placeholder_env: Option<Spanned<String>>,
+    /// `"GET /path"`: tried with a rotated key before it is used.
+    pub verify: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

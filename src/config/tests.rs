@@ -462,3 +462,32 @@ fn credential_schemes_load_and_refuse_by_key() {
     ));
     assert_eq!(e.line, Some(7), "{e}");
 }
+
+/// `verify` is a bodiless GET or HEAD on a route of the API's own catalogue.
+#[test]
+fn verify_is_a_catalogue_get() {
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "url = \"https://api.example.com\"",
+            &format!("url = \"https://api.example.com\"\nverify = \"{v}\""),
+        )
+    };
+    let d = tmp();
+    let c = Config::load(&write(&d, "s.toml", &with("GET /v1/things/t1"))).unwrap();
+    let v = c.apis[0].verify.clone().unwrap();
+    assert_eq!(
+        (v.method, v.target.as_str()),
+        (http::Method::GET, "/v1/things/t1")
+    );
+    for (bad, says) in [
+        ("POST /v1/things", "GET or HEAD"),
+        ("GET /v1/other", "not a route"),
+        ("GET https://evil.example/v1/things/t1", "not a URL"),
+        ("GET", "verify = "),
+    ] {
+        let e = load_err(&with(bad));
+        assert_eq!(e.key, "upstream.verify", "{bad}: {e}");
+        assert!(e.message.contains(says), "{bad}: {e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+}

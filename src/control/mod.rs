@@ -8,3 +8,4 @@ mod seed;
 pub mod shared_limit;
 pub mod state;
 pub mod tls;
+mod verify;

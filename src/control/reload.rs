@@ -49,7 +49,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             None
         }
     };
+    let (verifier, mut verified) = super::verify::Verifier::new();
     let mut reloader = Reloader {
+        verifier,
+        urgent: false,
         shared,
         names,
         watched: BTreeSet::new(),
@@ -59,6 +62,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         last_password_error: None,
     };
     reloader.ensure_watches(watcher.as_mut());
+    reloader.report_start();
     // Anything that changed between the first load and the watch being set up would
     // otherwise wait for the periodic tick: read once now.
     reloader.reload_once();
@@ -77,7 +81,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 // (at once when a 401 asks for it meanwhile).
                 tokio::select! {
                     () = tokio::time::sleep(debounce) => {}
-                    () = reloader.shared.reread_asked() => {}
+                    () = reloader.shared.reread_asked() => reloader.urgent = true,
                     () = crate::shutdown::stopped(&mut stop) => return,
                 }
                 while events.try_recv().is_ok() {}
@@ -85,10 +89,23 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(every) => {}
             () = reloader.shared.reread_asked() => {
                 tracing::info!("upstream answered 401: re-reading the keys now");
+                reloader.urgent = true;
+            }
+            Some(outcome) = verified.recv() => {
+                let snap = reloader.shared.load();
+                let current = snap
+                    .config
+                    .credentials
+                    .iter()
+                    .zip(snap.credentials.iter())
+                    .find(|(n, _)| n.name == *outcome.name())
+                    .and_then(|(_, c)| c.as_ref().map(|c| c.fingerprint().to_owned()));
+                reloader.verifier.settle(&reloader.shared, &outcome, current.as_deref());
             }
             () = crate::shutdown::stopped(&mut stop) => return,
         }
         reloader.reload_once();
+        reloader.urgent = false;
         reloader.shared.reread_done();
         reloader.ensure_watches(watcher.as_mut());
     }
@@ -133,6 +150,11 @@ fn counts(event: &notify::Event, names: &[OsString]) -> bool {
 }
 
 struct Reloader {
+    /// Rotated keys tried with the API's verify request before they are used.
+    verifier: super::verify::Verifier,
+    /// This pass re-reads because the upstream refused the key in use: a new value is used
+    /// at once (verified for the report only).
+    urgent: bool,
     shared: Arc<Shared>,
     /// File names whose events trigger a reload (read by the watcher's thread).
     names: Arc<ArcSwap<Vec<OsString>>>,
@@ -213,10 +235,15 @@ impl Reloader {
                 .and_then(|(_, c)| c.clone());
             let next = match Credential::load(&named.config) {
                 Ok(new) => {
+                    let new = Arc::new(new);
                     self.last_key_errors.remove(&named.name);
                     self.shared.set_credential_error(&named.name, None);
                     match previous {
-                        Some(old) if old.same_as(&new) => Some(old),
+                        Some(old) if old.same_as(&new) => {
+                            self.verifier.forget(&self.shared, &named.name);
+                            Some(old)
+                        }
+                        old if !self.may_use(&snap, &config, named, old.is_some(), &new) => old,
                         old => {
                             tracing::info!(
                                 credential = &*named.name,
@@ -229,7 +256,7 @@ impl Reloader {
                                 .increment(1);
                             self.shared.set_credential_reloaded_now();
                             key_changed = true;
-                            Some(Arc::new(new))
+                            Some(new)
                         }
                     }
                 }
@@ -339,6 +366,63 @@ impl Reloader {
             tracing::warn!(error = %message, "config update refused; the last good config keeps serving");
             metrics::counter!(telemetry::CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
             self.last_config_error = Some(message);
+        }
+    }
+
+    /// Whether a new value of `named` may replace the key in use now (`has_old`): yes without
+    /// a verify request, at start, on a 401 re-read (those are verified for the report), or
+    /// once the verify request accepted it.
+    fn may_use(
+        &mut self,
+        snap: &Snapshot,
+        config: &Config,
+        named: &crate::config::NamedCredential,
+        has_old: bool,
+        new: &Arc<Credential>,
+    ) -> bool {
+        let Some((api, verify)) = config
+            .apis
+            .get(named.api)
+            .and_then(|a| Some((a, a.verify.as_ref()?)))
+        else {
+            return true;
+        };
+        // The running snapshot's client for this API (a config change rebuilds clients; the
+        // verify request then waits for the next pass).
+        let Some(upstream) = snap
+            .config
+            .apis
+            .iter()
+            .position(|a| a.name == api.name)
+            .and_then(|i| snap.apis.get(i))
+            .map(|s| s.upstream.clone())
+        else {
+            return true;
+        };
+        let target = (&*api.name, verify, upstream);
+        if !has_old || self.urgent {
+            self.verifier.forget(&self.shared, &named.name);
+            self.verifier.report(named, new, target);
+            return true;
+        }
+        let interval = config.reload.interval;
+        self.verifier
+            .admit(&self.shared, named, new, target, interval)
+    }
+
+    /// At start the keys are in use already: each is verified for the report only.
+    fn report_start(&self) {
+        let snap = self.shared.load();
+        for (named, key) in snap.config.credentials.iter().zip(snap.credentials.iter()) {
+            let Some(key) = key else { continue };
+            let api = snap.config.apis.get(named.api);
+            let state = snap.apis.get(named.api);
+            if let (Some(api), Some(state)) = (api, state) {
+                if let Some(verify) = &api.verify {
+                    let target = (&*api.name, verify, state.upstream.clone());
+                    self.verifier.report(named, key, target);
+                }
+            }
         }
     }
 

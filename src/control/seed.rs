@@ -54,6 +54,15 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
         for result in ["ok", "invalid", "error"] {
             metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
         }
+        if config
+            .apis
+            .get(named.api)
+            .is_some_and(|a| a.verify.is_some())
+        {
+            for result in ["ok", "rejected", "unverified"] {
+                metrics::counter!(telemetry::CREDENTIAL_VERIFICATIONS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
+            }
+        }
         if let Some(key) = key {
             metrics::counter!(telemetry::UPSTREAM_UNAUTHORIZED_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "fingerprint" => key.fingerprint().to_owned()).increment(0);
         }

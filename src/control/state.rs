@@ -48,6 +48,16 @@ pub struct Snapshot {
     pub shared_limiter: Option<Arc<SharedLimiter>>,
 }
 
+/// A rotated key not in use yet: its fingerprint, `verifying` or `rejected`, the verify
+/// request's status, and since when.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub fingerprint: String,
+    pub state: &'static str,
+    pub status: Option<u16>,
+    pub since: std::time::SystemTime,
+}
+
 /// One API's live parts.
 #[derive(Debug)]
 pub struct ApiState {
@@ -120,6 +130,8 @@ pub struct Shared {
     /// The last reload failure of each key source, by name, for `/credential` (admin path
     /// and reload task only: never locked on the request path).
     credential_errors: Mutex<BTreeMap<Arc<str>, String>>,
+    /// A rotated key waiting for its verify request (or rejected by it), by credential name.
+    credential_pending: Mutex<BTreeMap<Arc<str>, Pending>>,
     /// Unix time of the last accepted key load.
     credential_reloaded_at: AtomicU64,
     /// Requests in flight (until their response body is done).
@@ -146,6 +158,7 @@ impl Shared {
             started: Instant::now(),
             last_request_ms: AtomicU64::new(0),
             credential_errors: Mutex::default(),
+            credential_pending: Mutex::default(),
             credential_reloaded_at: AtomicU64::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
             websockets: Arc::new(AtomicUsize::new(0)),
@@ -248,6 +261,26 @@ impl Shared {
             Some(e) => errors.insert(name.clone(), e),
             None => errors.remove(name),
         };
+    }
+
+    pub fn set_credential_pending(&self, name: &Arc<str>, pending: Option<Pending>) {
+        let mut all = self
+            .credential_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pending {
+            Some(p) => all.insert(name.clone(), p),
+            None => all.remove(name),
+        };
+    }
+
+    /// The rotated key held back for `name`, if any (admin pages only, never per request).
+    pub fn credential_pending(&self, name: &str) -> Option<Pending> {
+        let all = self
+            .credential_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.get(name).cloned()
     }
 
     pub fn credential_error(&self, name: &str) -> Option<String> {

@@ -25,4 +25,5 @@ mod rotation;
 mod schemes;
 mod shared_limits;
 mod streaming;
+mod verify;
 mod websocket;

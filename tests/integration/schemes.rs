@@ -311,6 +311,22 @@ async fn each_scheme_puts_exactly_one_credential_in_its_place() {
         tw["fingerprint"],
         sidekey::credential::fingerprint(TW_TOKEN.as_bytes())
     );
+    // `rotation status --credential api/part` asks about one part.
+    use sidekey::cli::rotation;
+    let admin = vec![format!("http://{}", p.admin)];
+    let (rows, failed) = rotation::collect(rotation::Source::Admin(&admin)).await;
+    let part = Some("datadog/dd-application-key");
+    let fp = |k: &str| sidekey::credential::fingerprint(k.as_bytes());
+    assert_eq!(
+        rotation::verdict(&rows, &failed, &fp(DD_APP), part),
+        0,
+        "{rows:?}"
+    );
+    assert_eq!(
+        rotation::verdict(&rows, &failed, &fp(DD_API), part),
+        1,
+        "{rows:?}"
+    );
     p.stop().await;
 }
 

@@ -33,7 +33,7 @@ def wait(what, cond, limit=60):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def write_config(work, key, name, listener, admin, permissions, extra=""):
+def write_config(work, key, name, listener, admin, permissions, extra="", upstream_extra=""):
     """`sidekey.toml` and its key file in `work`; returns the config's path."""
     with open(os.path.join(work, "api-key"), "w") as f:
         f.write(key)
@@ -46,6 +46,7 @@ address = "127.0.0.1:{listener}"
 address = "127.0.0.1:{admin}"
 [upstream]
 url = "https://api.example.invalid"
+{upstream_extra}
 [credential]
 file = "api-key"
 [service]

@@ -24,7 +24,10 @@ def main():
         admin, listener = free_port(), free_port()
         config = write_config(work, "sk_prometheus_test_0001", "prom-test", listener, admin,
                               '"read" = ["GET /v1/x", { route = "GET /v1/stream", websocket = true }]',
-                              '[reload]\ninterval = "1s"\ndebounce = "50ms"')
+                              '[reload]\ninterval = "1s"\ndebounce = "50ms"',
+                              # A verify request (refused at once on loopback: no DNS, no network),
+                              # so the verification series the dashboard queries exist.
+                              'verify = "GET /v1/x"\nconnect_to = "127.0.0.1:9"')
         log = open(os.path.join(work, "sidekey.log"), "w")
         proc = subprocess.Popen([sidekey, "run", "--config", config], stdout=log, stderr=subprocess.STDOUT)
         prom_port = free_port()
