@@ -135,6 +135,12 @@ impl MockUpstream {
         Self::start(ca, Arc::new(|req| Box::pin(llm(req)))).await
     }
 
+    /// A Twilio-like messaging API that takes HTTP Basic (account SID + auth token) and
+    /// answers with the user name and the fingerprint of the password it received.
+    pub async fn start_basic(ca: &Ca) -> std::io::Result<Self> {
+        Self::start(ca, Arc::new(|req| Box::pin(basic(req)))).await
+    }
+
     /// Stops recording requests (and drops what was recorded).
     pub fn without_recording(self) -> Self {
         self.recording.store(false, Ordering::Relaxed);
@@ -223,6 +229,33 @@ async fn llm(req: Request<Incoming>) -> Response<MockBody> {
             }),
         ),
     }
+}
+
+async fn basic(req: Request<Incoming>) -> Response<MockBody> {
+    use base64::Engine;
+    let pair = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|raw| String::from_utf8(raw).ok());
+    let Some((user, password)) = pair.as_deref().and_then(|p| p.split_once(':')) else {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": {"code": 20003, "message": "Authenticate"}}),
+        );
+    };
+    json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "mock": "sms",
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "account": user,
+            "key_fingerprint": crate::credential::fingerprint(password.as_bytes()),
+        }),
+    )
 }
 
 async fn banata(req: Request<Incoming>) -> Response<MockBody> {

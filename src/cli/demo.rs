@@ -1,8 +1,8 @@
-//! `sidekey demo`: the whole job on loopback with nothing to set up. Two mock APIs over
-//! HTTPS (CA minted now): Banata at `/` (key in `Authorization: Bearer`) and an LLM-style API
-//! at `/llm` (key in `x-api-key`), a key file each in a fresh temp directory, and sidekey in
-//! front with a sample policy, plus copy-paste `curl` lines. Runs until the shutdown future
-//! resolves.
+//! `sidekey demo`: the whole job on loopback with nothing to set up. Three mock APIs over
+//! HTTPS (CA minted now): Banata at `/` (key in `Authorization: Bearer`), an LLM-style API at
+//! `/llm` (key in `x-api-key`) and a Twilio-like messaging API at `/sms` (HTTP Basic: account
+//! SID + auth token), a key file each in a fresh temp directory, and sidekey in front with a
+//! sample policy, plus copy-paste `curl` lines. Runs until the shutdown future resolves.
 
 use std::future::Future;
 use std::io::Write;
@@ -46,15 +46,16 @@ fn write(path: &Path, text: &str) -> Result<(), DemoError> {
 /// Writes the demo's files into `dir` and returns the config path.
 pub fn write_files(
     dir: &Path,
-    upstreams: (&str, &str),
+    upstreams: (&str, &str, &str),
     ca_pem: &str,
-    keys: (&str, &str),
+    keys: (&str, &str, &str),
 ) -> Result<PathBuf, DemoError> {
-    let (upstream_url, llm_url) = upstreams;
+    let (upstream_url, llm_url, sms_url) = upstreams;
     std::fs::create_dir_all(dir).map_err(setup)?;
     write(&dir.join("ca.pem"), ca_pem)?;
     write(&dir.join("api-key"), keys.0)?;
     write(&dir.join("llm-api-key"), keys.1)?;
+    write(&dir.join("sms-auth-token"), keys.2)?;
     write(&dir.join("banata-permissions.toml"), BANATA_CATALOGUE)?;
     let config = format!(
         r#"# Written by `sidekey demo`.
@@ -80,9 +81,17 @@ credential = {{ file = "llm-api-key", header = "x-api-key", prefix = "" }}
 "messages" = ["POST /v1/messages"]
 "models:read" = ["GET /v1/models"]
 
+[api.sms]
+url = "{sms_url}"
+ca_file = "ca.pem"
+path_prefix = "/sms"
+credential = {{ scheme = "basic", username = "AC_demo", password_file = "sms-auth-token" }}
+[api.sms.permissions]
+"messages:send" = ["POST /2010-04-01/Accounts/{{sid}}/Messages.json"]
+
 [service]
 name = "demo-app"
-allow = ["banata/sandbox_sessions:create", "banata/sandbox_sessions:read", "llm/messages"]
+allow = ["banata/sandbox_sessions:create", "banata/sandbox_sessions:read", "llm/messages", "sms/messages:send"]
 "#,
         listen = pick(8080),
         admin = pick(9901),
@@ -106,6 +115,10 @@ pub async fn run(
         .await
         .map_err(setup)?
         .without_recording();
+    let sms = MockUpstream::start_basic(&ca)
+        .await
+        .map_err(setup)?
+        .without_recording();
     let dir = std::env::temp_dir().join(format!("sidekey-demo-{}", std::process::id()));
     let key = format!(
         "sk_demo_{:x}",
@@ -114,11 +127,12 @@ pub async fn run(
             .map_or(0, |d| d.as_nanos())
     );
     let llm_key = format!("{key}_llm");
+    let sms_token = format!("{key}_sms");
     let config_path = write_files(
         &dir,
-        (&mock.url(), &llm.url()),
+        (&mock.url(), &llm.url(), &sms.url()),
         mock.ca_pem(),
-        (&key, &llm_key),
+        (&key, &llm_key, &sms_token),
     )?;
     let config = Config::load(&config_path).map_err(AppError::from)?;
     let app = App::bind(config).await?;
@@ -130,6 +144,7 @@ pub async fn run(
 sidekey demo
   mock Banata API   {upstream} (HTTPS, CA minted just now; key in Authorization: Bearer)
   mock LLM API      {llm_url} (HTTPS; key in x-api-key)
+  mock SMS API      {sms_url} (HTTPS; HTTP Basic: account SID + auth token)
   sidekey proxy     http://{proxy}   service "demo-app": banata/sandbox_sessions:create, banata/sandbox_sessions:read, llm/messages
   admin             http://{admin}   /healthz /readyz /metrics /credential
   files             {dir}
@@ -151,6 +166,9 @@ Try it (copy-paste into another terminal):
   # denied: llm/models:read is not granted -> 403 permission_denied
   curl -s http://{proxy}/llm/v1/models
 
+  # a third API under /sms that takes HTTP Basic: sidekey sends AC_demo:<auth token>
+  curl -s -X POST -u AC_demo:not-the-token http://{proxy}/sms/2010-04-01/Accounts/AC_demo/Messages.json
+
   # rejected: an encoded slash is ambiguous -> 400 invalid_request
   curl -s --path-as-is 'http://{proxy}/v1/sandboxes/sb_1%2F..%2Fadmin'
 
@@ -163,6 +181,7 @@ Ctrl-C stops the demo.
 "#,
         upstream = mock.url(),
         llm_url = llm.url(),
+        sms_url = sms.url(),
         dir = dir.display(),
         key_file = key_file.display(),
     );
@@ -170,6 +189,7 @@ Ctrl-C stops the demo.
     app.run(shutdown).await;
     drop(mock);
     drop(llm);
+    drop(sms);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

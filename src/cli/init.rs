@@ -8,12 +8,112 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::demo::BANATA_CATALOGUE;
 
-/// Catalogues shipped for `--api NAME=URL` (file name, text).
-const SHIPPED: [(&str, &str, &str); 1] = [(
-    "openai",
-    "openai-permissions.toml",
-    include_str!("../../config/openai-permissions.toml"),
-)];
+/// Catalogues shipped for `--api NAME=URL` (name, file name, text, credential scheme). The
+/// scheme decides the `credential` table and its key files (`<dir>/NAME-<part>`).
+const SHIPPED: [(&str, &str, &str, Scheme); 5] = [
+    (
+        "openai",
+        "openai-permissions.toml",
+        include_str!("../../config/openai-permissions.toml"),
+        Scheme::Bearer,
+    ),
+    (
+        "twilio",
+        "twilio-permissions.toml",
+        include_str!("../../config/twilio-permissions.toml"),
+        Scheme::Basic,
+    ),
+    (
+        "telegram",
+        "telegram-permissions.toml",
+        include_str!("../../config/telegram-permissions.toml"),
+        Scheme::Path("[\"/bot{key}\", \"/file/bot{key}\"]"),
+    ),
+    (
+        "datadog",
+        "datadog-permissions.toml",
+        include_str!("../../config/datadog-permissions.toml"),
+        Scheme::Headers(&[("dd-api-key", "api-key"), ("dd-application-key", "app-key")]),
+    ),
+    (
+        "maps",
+        "maps-permissions.toml",
+        include_str!("../../config/maps-permissions.toml"),
+        Scheme::Query("key"),
+    ),
+];
+
+/// Where a shipped API takes its key.
+#[derive(Clone, Copy)]
+enum Scheme {
+    Bearer,
+    /// Account id and token, each from its own file.
+    Basic,
+    /// Path templates (a TOML list).
+    Path(&'static str),
+    /// (header, file suffix) per part.
+    Headers(&'static [(&'static str, &'static str)]),
+    /// The query parameter.
+    Query(&'static str),
+}
+
+impl Scheme {
+    /// The `credential` table and the key files it reads (`<dir>/NAME-<suffix>`).
+    fn table(self, dir: &Path, name: &str) -> (String, Vec<PathBuf>) {
+        let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
+        let q = |p: &PathBuf| toml_str(&p.to_string_lossy());
+        match self {
+            Self::Bearer => {
+                let k = file("api-key");
+                (format!("{{ file = {} }}", q(&k)), vec![k])
+            }
+            Self::Basic => {
+                let (u, p) = (file("account-id"), file("api-key"));
+                let t = format!(
+                    "{{ scheme = \"basic\", username_file = {}, password_file = {} }}",
+                    q(&u),
+                    q(&p)
+                );
+                (t, vec![u, p])
+            }
+            Self::Path(templates) => {
+                let k = file("api-key");
+                (
+                    format!(
+                        "{{ scheme = \"path\", template = {templates}, file = {} }}",
+                        q(&k)
+                    ),
+                    vec![k],
+                )
+            }
+            Self::Headers(parts) => {
+                let files: Vec<PathBuf> = parts.iter().map(|(_, s)| file(s)).collect();
+                let list: Vec<String> = parts
+                    .iter()
+                    .zip(&files)
+                    .map(|((h, _), f)| format!("\"{h}\" = {{ file = {} }}", q(f)))
+                    .collect();
+                (
+                    format!(
+                        "{{ scheme = \"headers\", headers = {{ {} }} }}",
+                        list.join(", ")
+                    ),
+                    files,
+                )
+            }
+            Self::Query(param) => {
+                let k = file("api-key");
+                (
+                    format!(
+                        "{{ scheme = \"query\", param = \"{param}\", file = {} }}",
+                        q(&k)
+                    ),
+                    vec![k],
+                )
+            }
+        }
+    }
+}
 
 /// What to write.
 #[derive(Clone, Debug)]
@@ -113,18 +213,19 @@ fn named(opts: &InitOptions, key_file: &Path) -> Result<String, String> {
         let Some((name, url)) = spec.split_once('=') else {
             return Err(format!("--api {spec}: expected NAME=URL"));
         };
-        let Some((_, file, _)) = SHIPPED.iter().find(|(n, _, _)| *n == name) else {
+        let Some((_, file, _, scheme)) = SHIPPED.iter().find(|(n, _, _, _)| *n == name) else {
             return Err(format!(
                 "--api {name}: no catalogue ships for `{name}` (shipped: {}); add its [api.{name}] table by hand",
-                SHIPPED.map(|(n, _, _)| n).join(", ")
+                SHIPPED.map(|(n, _, _, _)| n).join(", ")
             ));
         };
-        let key = opts.dir.join(format!("{name}-api-key"));
+        let (credential, files) = scheme.table(&opts.dir, name);
+        let list: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         text.push_str(&format!(
-            "\n[api.{name}]\nurl = {}\npath_prefix = \"/{name}\"\npermissions_file = {}\ncredential = {{ file = {} }}\n",
+            "\n[api.{name}]\nurl = {}\npath_prefix = \"/{name}\"\npermissions_file = {}\n# key files: {}\ncredential = {credential}\n",
             toml_str(url),
             toml_str(file),
-            toml_str(&key.to_string_lossy()),
+            list.join(", "),
         ));
     }
     let allow: Vec<String> = opts
@@ -146,7 +247,7 @@ fn named(opts: &InitOptions, key_file: &Path) -> Result<String, String> {
 fn write_files(dir: &Path, config_path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let catalogues = std::iter::once(("banata-permissions.toml", BANATA_CATALOGUE))
-        .chain(SHIPPED.iter().map(|(_, file, body)| (*file, *body)));
+        .chain(SHIPPED.iter().map(|(_, file, body, _)| (*file, *body)));
     for (file, body) in catalogues {
         let path = dir.join(file);
         if !path.exists() {

@@ -163,10 +163,10 @@ fn init_writes_a_config_that_checks_and_never_overwrites() {
     assert_eq!(code, 64);
 }
 
-/// `sidekey demo` (the quick start's first command): two mock APIs with different key
-/// headers behind one sidekey, each answering with the fingerprint of the key it received.
+/// `sidekey demo` (the quick start's first command): three mock APIs with different key
+/// placements behind one sidekey, each answering with the fingerprint of the key it received.
 #[tokio::test]
-async fn demo_serves_two_apis_with_their_own_keys() {
+async fn demo_serves_three_apis_with_their_own_keys() {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
         .arg("demo")
@@ -220,6 +220,19 @@ async fn demo_serves_two_apis_with_their_own_keys() {
         request(addr, "GET", "/llm/v1/models", &[]).await.code(),
         "permission_denied"
     );
+    // The third API takes HTTP Basic: sidekey's account and token, never the caller's.
+    let sms = request(
+        addr,
+        "POST",
+        "/sms/2010-04-01/Accounts/AC_demo/Messages.json",
+        &[("authorization", "Basic QUNfZGVtbzpub3QtdGhlLXRva2Vu")],
+    )
+    .await;
+    assert_eq!(sms.status, 201, "{}", String::from_utf8_lossy(&sms.body));
+    assert_eq!(sms.json()["account"], "AC_demo");
+    let c = sms.json()["key_fingerprint"].clone();
+    assert!(c.is_string() && c != a && c != b, "{c}");
+    assert_ne!(c, sidekey::credential::fingerprint(b"not-the-token"));
     // SIGTERM: the demo removes its temp directory on the way out.
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -264,6 +277,66 @@ fn init_sets_up_several_apis() {
     ]);
     assert_eq!(code, 64);
     assert!(err.contains("no catalogue ships for `nope`"), "{err}");
+}
+
+/// `init --api` knows where each shipped API takes its key; `explain` says where it goes
+/// (never a value) and shows a path template in front of the forwarded path.
+#[test]
+fn init_knows_each_shipped_apis_scheme_and_explain_shows_it() {
+    let dir = TempDir::new();
+    let (code, out, err) = sidekey(&[
+        "init",
+        "--service",
+        "laptop",
+        "--allow",
+        "sandbox_sessions:read,twilio/messages:send,telegram/bot:send,datadog/validate,maps/geocode",
+        "--api",
+        "twilio=https://api.twilio.com",
+        "--api",
+        "telegram=https://api.telegram.org",
+        "--api",
+        "datadog=https://api.datadoghq.com",
+        "--api",
+        "maps=https://maps.googleapis.com",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let config = dir.path().join("sidekey.toml");
+    let cfg = config.to_str().unwrap();
+    let (code, out, err) = sidekey(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    for (method, target, want) in [
+        (
+            "POST",
+            "/twilio/2010-04-01/Accounts/AC1/Messages.json",
+            "credential: authorization: Basic",
+        ),
+        (
+            "POST",
+            "/telegram/sendMessage",
+            "credential: path /bot{key} | /file/bot{key}",
+        ),
+        (
+            "POST",
+            "/telegram/bot123:placeholder/sendMessage",
+            "forwarded:  https://api.telegram.org/bot{key}/sendMessage",
+        ),
+        (
+            "GET",
+            "/datadog/api/v1/validate",
+            "credential: headers dd-api-key, dd-application-key",
+        ),
+        (
+            "GET",
+            "/maps/maps/api/geocode/json?address=x",
+            "credential: query param key",
+        ),
+    ] {
+        let (code, out, err) = sidekey(&["explain", "--config", cfg, method, target]);
+        assert_eq!(code, 0, "{target}: {out}{err}");
+        assert!(out.contains(want), "{target}: {out}");
+    }
 }
 
 #[test]
