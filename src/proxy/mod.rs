@@ -11,6 +11,7 @@ pub mod forward;
 pub mod inject;
 pub mod limit;
 mod links;
+mod pipeline;
 mod request_id;
 mod respond;
 pub mod splice;
@@ -23,22 +24,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 pub use error::ProxyError;
 
-use crate::config::Mode;
-
 use crate::control::state::{Shared, Snapshot};
-use crate::policy::apis::decide;
-use crate::policy::{Route, Verdict};
+use crate::policy::Route;
 use crate::telemetry;
-use crate::upstream::{FailureKind, UpstreamBody};
-use body::{Fault, InFlightGuard, Watched};
+use crate::upstream::UpstreamBody;
+use body::{InFlightGuard, Watched};
 use caller::Peer;
-use limit::Limited;
-use websocket::Ask;
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
 pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
@@ -99,7 +95,7 @@ pub async fn handle(
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
                 Some(guard) => {
                     let fwd = (start, &*snap, i, &via, &*shared);
-                    forward(fwd, req, &request_id, guard, &mut outcome).await
+                    pipeline::forward(fwd, req, &request_id, guard, &mut outcome).await
                 }
                 None => Err(ProxyError::Overloaded),
             }
@@ -135,261 +131,6 @@ pub async fn handle(
         start,
     );
     Ok(resp)
-}
-
-/// When the request arrived, the snapshot, the principal, where it came in, and the shared
-/// state (open tunnels, the 401 re-read).
-type Context<'s, 'a> = (Instant, &'s Snapshot, usize, &'a Via, &'a Shared);
-
-async fn forward<'s>(
-    (started, snap, principal, via, shared): Context<'s, '_>,
-    req: Request<crate::serve::RequestBody>,
-    request_id: &HeaderValue,
-    guard: InFlightGuard,
-    out: &mut Outcome<'s>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    // 1 + 2: method, target form, path screen; 3: the allow-list. Nothing has been read from
-    // the body yet, so a refusal here never forwards (or even reads) a body byte, and
-    // `Expect: 100-continue` is never answered with 100.
-    let state = snap
-        .principals
-        .get(principal)
-        .ok_or(ProxyError::CallerUnauthenticated("no_caller_identity"))?;
-    inject::check_host(parts.version, &parts.headers).map_err(ProxyError::InvalidRequest)?;
-    let ask = websocket::classify(&parts.method, parts.version, &parts.headers);
-    out.websocket = matches!(ask, Ask::WebSocket { .. });
-    if let Ask::Invalid(reason) = ask {
-        return Err(ProxyError::InvalidRequest(reason));
-    }
-    // A request on an API's own listener may reach that API only (its prefix still applies);
-    // one through the forward proxy, that API at its own paths.
-    let find = |name: &str| {
-        let i = snap.config.apis.iter().position(|a| &*a.name == name);
-        i.ok_or(ProxyError::RouteNotAllowed)
-    };
-    let only = match via {
-        Via::Shared => None,
-        Via::Listener(name) => {
-            let i = find(name)?;
-            Some((i, snap.config.apis.get(i).and_then(|a| a.prefix.as_deref())))
-        }
-        Via::Forward(name) => Some((find(name)?, None)),
-    };
-    // Link headers: rebased onto the shared listener, the API's own, or left alone.
-    let links = match via {
-        Via::Shared => Some(false),
-        Via::Listener(_) => Some(true),
-        Via::Forward(_) => None,
-    };
-    let decision = decide(
-        &snap.router,
-        &state.policies,
-        only,
-        &parts.method,
-        &parts.uri,
-    );
-    out.api = decision.api;
-    let verdict = decision.verdict;
-    let route = match &verdict {
-        Verdict::Allow { route, .. } | Verdict::PermissionDenied { route, .. } => Some(*route),
-        _ => None,
-    };
-    out.route = route;
-    let path = match (ProxyError::from_verdict(&verdict), verdict) {
-        (None, Verdict::Allow { path, .. }) => path,
-        // Report mode: what enforcement would deny is forwarded and logged as would_deny.
-        // Ambiguous or malformed targets are never forwarded, in any mode.
-        (
-            Some(ProxyError::PermissionDenied(_) | ProxyError::RouteNotAllowed),
-            Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path },
-        ) if snap.config.service.mode == Mode::Report && decision.api.is_some() => {
-            out.would_deny = true;
-            path
-        }
-        (refusal, verdict) => {
-            // Log the canonical path of a denied request (a rejected one has none).
-            if let Verdict::PermissionDenied { path, .. } | Verdict::NoRoute { path } = verdict {
-                out.path = PathAndQuery::try_from(path.into_owned()).ok();
-            }
-            return Err(refusal.unwrap_or(ProxyError::RouteNotAllowed));
-        }
-    };
-    inject::check_framing(&parts.headers).map_err(|e| ProxyError::InvalidRequest(e.reason()))?;
-    let api = decision.api.ok_or(ProxyError::RouteNotAllowed)?;
-    let limits = &snap.config.limits;
-    // Upgrades are default-deny: only a route that opts in, and only under the tunnel cap.
-    let tunnel_slot = match &ask {
-        Ask::WebSocket { .. } if !route.is_some_and(|r| r.websocket) => {
-            return Err(ProxyError::UpgradeNotAllowed);
-        }
-        Ask::WebSocket { .. } => Some(
-            InFlightGuard::try_acquire(&shared.websockets, limits.max_websockets)
-                .ok_or(ProxyError::TooManyWebSockets)?,
-        ),
-        _ => None,
-    };
-    let upstream = &snap
-        .apis
-        .get(api)
-        .ok_or(ProxyError::RouteNotAllowed)?
-        .upstream;
-    // Fail closed: no key, nothing sent. The key is this API's, for this principal: it
-    // only ever goes to this API's origin (the upstream client adds that origin).
-    let credential = snap
-        .credential_for(principal, api)
-        .ok_or(ProxyError::CredentialUnavailable)?;
-    // The caller's own limits count forwarded requests only (they guard the upstream quota).
-    let admitted = match &snap.shared_limiter {
-        Some(shared) => {
-            let name = snap
-                .config
-                .principals
-                .get(principal)
-                .map_or("", |p| &*p.name);
-            state.limiter.admit_shared(shared, name).await
-        }
-        None => state.limiter.admit(),
-    };
-    let caller_guard = admitted.map_err(|l| match l {
-        Limited::Rate(wait) => ProxyError::RateLimited(wait.as_secs() + 1),
-        Limited::Concurrency => ProxyError::RateLimited(1),
-        Limited::Unavailable => ProxyError::RateLimitUnavailable,
-    })?;
-    if let Some(max) = limits.max_request_body {
-        let declared = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::PayloadTooLarge);
-        }
-    }
-
-    // Forward exactly the canonical path that was matched, plus the raw query. Reuse the
-    // inbound bytes when they already are canonical (no copy).
-    let pq = match (&path, parts.uri.path_and_query()) {
-        (std::borrow::Cow::Borrowed(_), Some(pq)) if decision.whole_path => pq.clone(),
-        _ => {
-            let joined = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.into_owned(),
-            };
-            PathAndQuery::try_from(joined)
-                .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?
-        }
-    };
-    out.path = Some(pq.clone());
-    let template = decision.template;
-    // Origin-form: the upstream client adds the configured origin (never the inbound Host).
-    parts.uri = Uri::from(pq);
-    // The address the client used, for rewriting link headers (never used to route).
-    let host = parts.headers.get(http::header::HOST).cloned();
-    // 4: strip what the caller must not send, then (once the request's upstream form is
-    // final) the credential goes in: `apply` is the only code that puts it there.
-    inject::strip(&mut parts.headers, credential.stripped());
-    parts
-        .headers
-        .insert("x-request-id", request_id::for_upstream(request_id));
-    // The upstream connection's version is the client's business (ALPN).
-    parts.version = http::Version::HTTP_11;
-    let put_key = |parts: &mut http::request::Parts, key: &crate::credential::Credential| {
-        key.apply(parts, template)
-            .map_err(|_| ProxyError::InvalidRequest("invalid_target"))
-    };
-
-    if let (Ask::WebSocket { accept }, Some(slot)) = (&ask, tunnel_slot) {
-        websocket::ask_upstream(&mut parts.headers);
-        put_key(&mut parts, credential)?;
-        let req = Request::from_parts(parts, http_body_util::Empty::new());
-        let resp = upstream
-            .upgrade(req, started)
-            .await
-            .map_err(ProxyError::Upstream)?;
-        out.upstream_status = Some(resp.status());
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // Refused: passed back as a normal response (the connection is not reused).
-            let at = (principal, api, &**credential, links, host.as_ref());
-            return Ok(respond::respond(snap, at, resp, guard, caller_guard));
-        }
-        let tunnel = websocket::tunnel::Tunnel {
-            idle_timeout: limits.websocket_idle_timeout,
-            max_duration: limits.websocket_max_duration,
-            api: snap
-                .config
-                .apis
-                .get(api)
-                .map_or("none".into(), |a| a.name.clone()),
-            caller: snap
-                .config
-                .principals
-                .get(principal)
-                .map_or("none".into(), |p| p.name.clone()),
-            permission: route.map_or("none".into(), |r| r.permission.clone()),
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
-            slot,
-            caller_slot: caller_guard,
-        };
-        return websocket::switch(resp, accept, tunnel, started, upstream.response_timeout).await;
-    }
-    let (body, fault) = if http_body::Body::is_end_stream(&body) {
-        // No body: nothing to watch, and the upstream client may replay the request.
-        (Either::Right(http_body_util::Empty::new()), None)
-    } else {
-        let (body, fault) = Watched::new(body, limits.body_idle_timeout, None)
-            .without_trailers()
-            .faults();
-        let body = match limits.max_request_body {
-            Some(max) => body.limited(max),
-            None => body,
-        };
-        (Either::Left(body), Some(fault))
-    };
-    // A bodiless request may be replayed once after a 401 with a re-read key: its head is
-    // kept, before the credential goes in (a streamed body never is).
-    let head = fault.is_none().then(|| unauthorized::Head::of(&parts));
-    put_key(&mut parts, credential)?;
-    let sent = upstream
-        .send(Request::from_parts(parts, body), started)
-        .await;
-    let mut resp = match sent {
-        Ok(resp) => resp,
-        // The caller's body failed: its mistake, never reported as the upstream's.
-        Err(kind) => match fault.and_then(|f| f.get()) {
-            Some(Fault::TooLarge) => return Err(ProxyError::PayloadTooLarge),
-            Some(Fault::Malformed) => return Err(ProxyError::InvalidRequest("malformed_body")),
-            Some(Fault::Stalled) => return Err(ProxyError::InvalidRequest("body_timeout")),
-            None if kind == FailureKind::BodyTooLarge => return Err(ProxyError::PayloadTooLarge),
-            None => return Err(ProxyError::Upstream(kind)),
-        },
-    };
-    let mut sent_key: &crate::credential::Credential = credential;
-    let replayed;
-    if let (StatusCode::UNAUTHORIZED, Some(head)) = (resp.status(), head) {
-        if let Some(newer) = unauthorized::newer_key(shared, principal, api, credential).await {
-            respond::count_unauthorized(snap, principal, api, credential);
-            tracing::info!(
-                old_fingerprint = credential.fingerprint(),
-                new_fingerprint = newer.fingerprint(),
-                "upstream answered 401; the key changed: replaying once with the new key"
-            );
-            let req = head
-                .with_key(&newer, template)
-                .map_err(|_| ProxyError::InvalidRequest("invalid_target"))?;
-            resp = upstream
-                .send(req, started)
-                .await
-                .map_err(ProxyError::Upstream)?;
-            replayed = newer;
-            sent_key = &replayed;
-        }
-    }
-    out.upstream_status = Some(resp.status());
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamUpgrade);
-    }
-    let at = (principal, api, sent_key, links, host.as_ref());
-    Ok(respond::respond(snap, at, resp, guard, caller_guard))
 }
 
 /// A denial or reject for the status page (canonical path only, never the query).
