@@ -21,7 +21,9 @@ pub mod control;
 pub mod credential;
 // Beside both: admin endpoints, telemetry, the ground-floor names and the shutdown flag.
 pub mod admin;
+pub mod body;
 pub mod headers;
+pub mod limit;
 pub mod recent;
 pub mod shutdown;
 pub mod telemetry;

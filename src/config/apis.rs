@@ -9,9 +9,9 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::credential::credential;
+use super::ctx::{Ctx, address, error_in};
 use super::raw::{RawApi, RawConfig, RawCredential, RawPermissions, RawUpstream};
 use super::sections::upstream;
-use super::validate::{Ctx, address, error_in};
 use super::{Api, ConfigError, CredentialConfig};
 use crate::policy::{Pattern, RouteSpec};
 

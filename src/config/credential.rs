@@ -8,8 +8,8 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
+use super::ctx::Ctx;
 use super::raw::{OneOrMany, RawCredential};
-use super::validate::Ctx;
 use super::{ConfigError, CredentialConfig, CredentialSource};
 use crate::credential::{Part, Scheme};
 use crate::policy::template::PathTemplate;

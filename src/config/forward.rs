@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
+use super::ctx::{Ctx, address};
 use super::raw::RawForwardProxy;
-use super::validate::{Ctx, address};
 use super::{Api, ConfigError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use toml::Spanned;
 
 use super::credential::credential;
+use super::ctx::Ctx;
 use super::raw::{RawCaller, RawListenerTls};
-use super::validate::Ctx;
 use super::{CredentialConfig, Identity, ListenerTls, NamedCredential, Principal, Rate};
 use crate::credential::Scheme;
 

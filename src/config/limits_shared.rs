@@ -10,8 +10,8 @@ use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
 use super::ConfigError;
+use super::ctx::{Ctx, duration};
 use super::raw::RawSharedLimits;
-use super::validate::{Ctx, duration};
 
 /// What decides when Redis cannot (down, slow past `timeout`, refusing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 mod apis;
 mod credential;
+mod ctx;
 mod forward;
 mod gateway;
 mod limits_shared;
@@ -331,7 +332,7 @@ impl Config {
                 api_files.insert(name.clone(), (full, cat_text, cat.permissions));
             }
         }
-        let ctx = validate::Ctx {
+        let ctx = ctx::Ctx {
             path,
             text: &text,
             dir,

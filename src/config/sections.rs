@@ -6,7 +6,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use toml::Spanned;
 
-use super::validate::{Ctx, duration};
+use super::ctx::{Ctx, duration};
 use super::{ConfigError, Limits, Protocol, Upstream};
 
 pub(super) fn limits(ctx: &Ctx<'_>, raw: &super::raw::RawLimits) -> Result<Limits, ConfigError> {

@@ -1,51 +1,18 @@
 //! `RawConfig` -> `Config`: defaults, types and cross-field rules. Each rule says which key
 //! it is about and points at that key's line.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use toml::Spanned;
 
+use super::ctx::{Ctx, address, duration, error_in};
 use super::raw::{RawConfig, RawPermissions};
 use super::sections::limits;
 use super::{
     Admin, Config, ConfigError, Expect, Identity, Listener, Mode, NamedCredential, PolicyTest,
     Principal, Reload, Runtime, Service, line_of,
 };
-
-pub(crate) struct Ctx<'a> {
-    pub path: &'a Path,
-    pub text: &'a str,
-    pub dir: &'a Path,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn err<T>(
-        &self,
-        key: &str,
-        span: Option<std::ops::Range<usize>>,
-        msg: impl Into<String>,
-    ) -> Result<T, ConfigError> {
-        Err(error_in(self.path, self.text, key, span, msg))
-    }
-}
-
-pub(super) fn error_in(
-    path: &Path,
-    text: &str,
-    key: &str,
-    span: Option<std::ops::Range<usize>>,
-    msg: impl Into<String>,
-) -> ConfigError {
-    ConfigError {
-        file: path.to_owned(),
-        line: span.map(|s| line_of(text, s.start)),
-        key: key.to_owned(),
-        message: msg.into(),
-    }
-}
 
 /// `permissions_file` may sit at the top level or under `[service]`; not both.
 pub(crate) fn catalogue_file(
@@ -341,38 +308,6 @@ pub(crate) fn validate(
         limits,
         tests,
         forward_proxy,
-    })
-}
-
-pub(super) fn address(
-    ctx: &Ctx<'_>,
-    key: &str,
-    v: Option<&Spanned<String>>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    let text = v.map_or(default, |s| s.get_ref().as_str());
-    text.parse().or_else(|_| {
-        ctx.err(
-            key,
-            v.map(Spanned::span),
-            format!("`{text}` is not an IP:port address"),
-        )
-    })
-}
-
-pub(super) fn duration(
-    ctx: &Ctx<'_>,
-    key: &str,
-    v: Option<&Spanned<String>>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let text = v.map_or(default, |s| s.get_ref().as_str());
-    humantime::parse_duration(text).or_else(|e| {
-        ctx.err(
-            key,
-            v.map(Spanned::span),
-            format!("`{text}` is not a duration like \"5s\" or \"250ms\": {e}"),
-        )
     })
 }
 

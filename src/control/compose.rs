@@ -7,7 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::state::{ApiState, PrincipalState, Snapshot};
 use crate::control::tls::TlsMaterial;
 use crate::credential::{Credential, KeyError};
-use crate::proxy::limit::Limiter;
+use crate::limit::Limiter;
 use crate::telemetry::RequestCounters;
 use crate::upstream::Upstream;
 

@@ -43,7 +43,7 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
             metrics::counter!(telemetry::SHARED_LIMIT_DECISIONS_TOTAL, "result" => result)
                 .increment(0);
         }
-        let reasons = crate::proxy::limit::shared::Failure::ALL.map(|f| f.as_str());
+        let reasons = crate::limit::shared::Failure::ALL.map(|f| f.as_str());
         for reason in reasons.iter().chain(&["password_file"]) {
             metrics::counter!(telemetry::SHARED_LIMIT_ERRORS_TOTAL, "reason" => *reason)
                 .increment(0);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::proxy::limit::shared::SharedLimiter;
+use crate::limit::shared::SharedLimiter;
 use crate::telemetry;
 
 /// What a refresh produced: the limiter to publish, and why the password was not taken.

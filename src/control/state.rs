@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use crate::config::Config;
 use crate::control::tls::TlsMaterial;
 use crate::credential::Credential;
+use crate::limit::Limiter;
+use crate::limit::shared::SharedLimiter;
 use crate::policy::Policy;
 use crate::policy::apis::Router;
-use crate::proxy::limit::Limiter;
-use crate::proxy::limit::shared::SharedLimiter;
 use crate::telemetry::RequestCounters;
 use crate::upstream::Upstream;
 

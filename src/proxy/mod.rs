@@ -4,12 +4,11 @@
 //! `handle` is infallible: every failure inside `forward` is a typed [`ProxyError`] turned
 //! into a JSON response, so nothing on this path panics or leaks upstream error text.
 
-pub mod body;
 pub mod caller;
 mod error;
 pub mod forward;
 pub mod inject;
-pub mod limit;
+
 mod links;
 mod pipeline;
 mod request_id;
@@ -29,11 +28,11 @@ use http_body_util::{Either, Full};
 
 pub use error::ProxyError;
 
+use crate::body::{InFlightGuard, Watched};
 use crate::control::state::{Shared, Snapshot};
 use crate::policy::Route;
 use crate::telemetry;
 use crate::upstream::UpstreamBody;
-use body::{InFlightGuard, Watched};
 use caller::Peer;
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.

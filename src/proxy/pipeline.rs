@@ -13,13 +13,13 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 
-use super::body::{Fault, InFlightGuard, Watched};
-use super::limit::Limited;
 use super::websocket::{self, Ask};
 use super::{Outcome, ProxyBody, ProxyError, Via, inject, request_id, respond, unauthorized};
+use crate::body::{Fault, InFlightGuard, Watched};
 use crate::config::Mode;
 use crate::control::state::{PrincipalState, Shared, Snapshot};
 use crate::credential::Credential;
+use crate::limit::Limited;
 use crate::policy::Verdict;
 use crate::policy::apis::decide;
 use crate::upstream::{FailureKind, Upstream};

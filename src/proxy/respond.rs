@@ -6,8 +6,8 @@
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Either;
 
-use super::body::{InFlightGuard, Watched};
 use super::{ProxyBody, inject, links};
+use crate::body::{InFlightGuard, Watched};
 use crate::control::state::Snapshot;
 use crate::credential::Credential;
 use crate::telemetry;

@@ -26,8 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use tower_service::Service as _;
 
+use crate::body::{BodyError, Watched};
 use crate::config::{self, Protocol};
-use crate::proxy::body::{BodyError, Watched};
 use connect::{BoxError, ConnectTimeout, TimeoutConnector, find};
 pub use pool::UpstreamBody;
 use pool::{Conn, Pool};

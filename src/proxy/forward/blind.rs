@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::proxy::body::InFlightGuard;
+use crate::body::InFlightGuard;
 use crate::proxy::splice;
 use crate::serve::Switched;
 use crate::telemetry;

@@ -327,7 +327,7 @@ async fn connect(
         }
         Target::Tunnel => {
             let limits = &snap.config.limits;
-            let Some(slot) = super::body::InFlightGuard::try_acquire(&fwd.tunnels, MAX_TUNNELS)
+            let Some(slot) = crate::body::InFlightGuard::try_acquire(&fwd.tunnels, MAX_TUNNELS)
             else {
                 return refuse(&ProxyError::Overloaded, request_id);
             };

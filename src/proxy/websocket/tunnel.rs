@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
-use crate::proxy::body::InFlightGuard;
+use crate::body::InFlightGuard;
 use crate::proxy::splice;
 use crate::serve::Switched;
 use crate::telemetry;

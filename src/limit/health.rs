@@ -5,8 +5,6 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::shared::Failure;
-
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// At most one fallback warning per this long (the rest are counted in the next one).
@@ -117,6 +115,52 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Why Redis did not decide (the `reason` label of `sidekey_shared_limit_errors_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within `limits.shared.timeout`.
+    Timeout,
+    /// Cannot connect, or the connection broke.
+    Connection,
+    /// `AUTH` refused, or no password could be read.
+    Auth,
+    /// Redis answered with an error (OOM, read-only replica, script error...).
+    Server,
+    /// Skipped: a recent failure, and another request is probing.
+    Backoff,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 5] = [
+        Self::Timeout,
+        Self::Connection,
+        Self::Auth,
+        Self::Server,
+        Self::Backoff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::Auth => "auth",
+            Self::Server => "server",
+            Self::Backoff => "backoff",
+        }
+    }
+
+    pub(super) fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|f| *f == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    pub(super) fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use super::health::Failure;
 use super::health::{Health, MAX_BACKOFF, MIN_BACKOFF};
 use crate::config::{Rate, SharedLimits};
 use crate::telemetry;
@@ -42,64 +43,19 @@ pub enum Shared {
     Limited(Duration),
 }
 
-/// Why Redis did not decide (the `reason` label of `sidekey_shared_limit_errors_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// No answer within `limits.shared.timeout`.
-    Timeout,
-    /// Cannot connect, or the connection broke.
-    Connection,
-    /// `AUTH` refused, or no password could be read.
-    Auth,
-    /// Redis answered with an error (OOM, read-only replica, script error...).
-    Server,
-    /// Skipped: a recent failure, and another request is probing.
-    Backoff,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 5] = [
-        Self::Timeout,
-        Self::Connection,
-        Self::Auth,
-        Self::Server,
-        Self::Backoff,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Connection => "connection",
-            Self::Auth => "auth",
-            Self::Server => "server",
-            Self::Backoff => "backoff",
-        }
-    }
-
-    pub(super) fn code(self) -> u8 {
-        Self::ALL
-            .iter()
-            .position(|f| *f == self)
-            .map_or(0, |i| i as u8 + 1)
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
-    }
-
-    fn of(e: &redis::RedisError) -> Self {
-        if e.is_timeout() {
-            Self::Timeout
-        } else if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
-            || e.code()
-                .is_some_and(|c| matches!(c, "NOAUTH" | "WRONGPASS" | "NOPERM"))
-        {
-            Self::Auth
-        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-            Self::Connection
-        } else {
-            Self::Server
-        }
+/// Which failure a Redis error is.
+fn failure_of(e: &redis::RedisError) -> Failure {
+    if e.is_timeout() {
+        Failure::Timeout
+    } else if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
+        || e.code()
+            .is_some_and(|c| matches!(c, "NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        Failure::Auth
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        Failure::Connection
+    } else {
+        Failure::Server
     }
 }
 
@@ -199,7 +155,7 @@ impl SharedLimiter {
             let load = me.script.load_async(&mut conn);
             match tokio::time::timeout(Duration::from_secs(5), load).await {
                 Ok(Ok(_)) => me.health.succeeded(),
-                Ok(Err(e)) => me.failed(Failure::of(&e)),
+                Ok(Err(e)) => me.failed(failure_of(&e)),
                 Err(_) => me.failed(Failure::Timeout),
             }
         });
@@ -245,7 +201,7 @@ impl SharedLimiter {
         telemetry::shared_limit_duration().record(start.elapsed());
         let result = match answer {
             Err(_) => Err(Failure::Timeout),
-            Ok(Err(e)) => Err(Failure::of(&e)),
+            Ok(Err(e)) => Err(failure_of(&e)),
             Ok(Ok((1, _))) => Ok(Shared::Admitted),
             Ok(Ok((_, wait))) => Ok(Shared::Limited(Duration::from_micros(
                 u64::try_from(wait).unwrap_or(0),

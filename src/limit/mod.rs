@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::body::InFlightGuard;
 use crate::config::{OnError, Rate};
-use crate::proxy::body::InFlightGuard;
 use crate::telemetry;
 use shared::{Shared, SharedLimiter};
 
