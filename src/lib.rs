@@ -111,7 +111,11 @@ impl App {
                     let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
                     metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => e.result_label()).increment(1);
                 }
-                (None, None) => {}
+                (None, None) => tracing::info!(
+                    credential = &*named.name,
+                    scheme = named.config.scheme.name(),
+                    "minting the first token; ready once it is here"
+                ),
             }
             for path in named.config.files() {
                 if credential::looks_like_subpath_mount(path) {

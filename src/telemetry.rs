@@ -30,6 +30,11 @@ pub const CREDENTIAL_RELOADS_TOTAL: &str = "sidekey_credential_reloads_total";
 /// Verify requests sent with a rotated key before it is used: `api`, `credential`, `result`
 /// (ok, rejected, unverified).
 pub const CREDENTIAL_VERIFICATIONS_TOTAL: &str = "sidekey_credential_verifications_total";
+/// Token requests of minted credentials: `api`, `credential`, `result` (ok, refused,
+/// unreachable, malformed, invalid_secret).
+pub const TOKEN_FETCHES_TOTAL: &str = "sidekey_token_fetches_total";
+/// When the current minted token expires (Unix seconds): `api`, `credential`.
+pub const TOKEN_EXPIRY_TIMESTAMP_SECONDS: &str = "sidekey_token_expiry_timestamp_seconds";
 /// Config reload attempts that found a change or failed: `result` (ok, invalid, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "sidekey_config_reloads_total";
 /// Listener certificate reloads that found a change or failed: `result` (ok, invalid).
@@ -139,6 +144,14 @@ fn describe() {
         "Upstream 401 answers, by key fingerprint"
     );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
+    describe_counter!(
+        TOKEN_FETCHES_TOTAL,
+        "Token requests of minted credentials, by result"
+    );
+    metrics::describe_gauge!(
+        TOKEN_EXPIRY_TIMESTAMP_SECONDS,
+        "When the current minted token expires (Unix seconds)"
+    );
     describe_counter!(
         CREDENTIAL_VERIFICATIONS_TOTAL,
         "Verify requests with a rotated key before it is used, by result"

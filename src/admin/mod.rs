@@ -97,6 +97,11 @@ fn credential(shared: &Shared) -> Response<Full<Bytes>> {
                 "parts": key.as_ref().map(|c| parts_json(c, &named.config)),
                 "loaded_at": key.as_ref().map(|c| humantime::format_rfc3339_seconds(c.loaded_at()).to_string()),
                 "last_error": shared.credential_error(&named.name),
+                "token": key.as_ref().and_then(|c| c.token()).map(|t| serde_json::json!({
+                    "fingerprint": t.fingerprint,
+                    "fetched_at": humantime::format_rfc3339_seconds(t.fetched_at).to_string(),
+                    "expires_at": humantime::format_rfc3339_seconds(t.expires_at).to_string(),
+                })),
                 "pending": shared.credential_pending(&named.name).map(|p| serde_json::json!({
                     "fingerprint": p.fingerprint,
                     "state": p.state,

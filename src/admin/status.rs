@@ -141,7 +141,25 @@ pub fn page(shared: &Shared) -> String {
     for (named, key) in cfg.credentials.iter().zip(snap.credentials.iter()) {
         let api = cfg.apis.get(named.api).map_or("none", |a| &*a.name);
         let (fp, source, loaded) = match key {
-            Some(k) => (k.fingerprint().to_owned(), k.source(), age(k.loaded_at())),
+            // A minted token: the secret's fingerprint, then the token's and its expiry.
+            Some(k) => match k.token() {
+                Some(t) => {
+                    let left = t
+                        .expires_at
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, |d| d.as_secs());
+                    (
+                        format!(
+                            "{} (token {}, expires in {left} s)",
+                            k.fingerprint(),
+                            t.fingerprint
+                        ),
+                        k.source(),
+                        age(k.loaded_at()),
+                    )
+                }
+                None => (k.fingerprint().to_owned(), k.source(), age(k.loaded_at())),
+            },
             None => ("none".into(), "-", "-".into()),
         };
         let error = shared.credential_error(&named.name).unwrap_or_default();

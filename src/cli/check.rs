@@ -80,7 +80,14 @@ pub fn check(path: &Path, opts: CheckOptions, out: &mut dyn Write, err: &mut dyn
     let key_notes: Vec<(&str, KeyError)> = config
         .credentials
         .iter()
-        .filter_map(|c| Some((&*c.name, Credential::load(&c.config).err()?)))
+        .filter_map(|c| {
+            // A token scheme's secret inputs are read as its task reads them.
+            let e = match c.config.scheme.mint() {
+                Some(_) => c.config.read_parts().err()?,
+                None => Credential::load(&c.config).err()?,
+            };
+            Some((&*c.name, e))
+        })
         .collect();
     let lints_fail = opts.strict && !lints.is_empty();
     let ok = failed == 0 && !lints_fail;

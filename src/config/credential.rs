@@ -39,11 +39,41 @@ pub(crate) fn credential(
         "query" => &["file", "env", "param"],
         "path" => &["file", "env", "template"],
         "headers" => &["headers"],
+        "oauth2_client_credentials" => &[
+            "client_id",
+            "client_id_file",
+            "client_id_env",
+            "client_secret_file",
+            "client_secret_env",
+            "token_url",
+            "client_auth",
+            "scope",
+            "params",
+            "refresh_before",
+            "token_ca_file",
+            "token_connect_to",
+        ],
+        "google_service_account" => &[
+            "key_file",
+            "scope",
+            "refresh_before",
+            "token_ca_file",
+            "token_connect_to",
+        ],
+        "github_app" => &[
+            "app_id",
+            "installation_id",
+            "private_key_file",
+            "private_key_env",
+            "refresh_before",
+            "token_ca_file",
+            "token_connect_to",
+        ],
         other => {
             return ctx.err(
                 &format!("{key}.scheme"),
                 scheme_span,
-                format!("unknown scheme `{other}`: use header, basic, query, path or headers"),
+                format!("unknown scheme `{other}`: use header, basic, query, path, headers, oauth2_client_credentials, google_service_account or github_app"),
             );
         }
     };
@@ -165,6 +195,9 @@ pub(crate) fn credential(
                 vec![part("key", source)],
             )
         }
+        "oauth2_client_credentials" | "google_service_account" | "github_app" => {
+            return super::mint::minted(ctx, key, scheme, cred);
+        }
         _ => {
             let Some(map) = cred.headers.as_ref().filter(|m| !m.get_ref().is_empty()) else {
                 return ctx.err(
@@ -204,6 +237,23 @@ fn present(c: &RawCredential) -> Vec<(&'static str, Span)> {
         s("param", &c.param),
         c.template.as_ref().map(|t| ("template", Some(t.span()))),
         c.headers.as_ref().map(|h| ("headers", Some(h.span()))),
+        s("client_id", &c.client_id),
+        s("client_id_file", &c.client_id_file),
+        s("client_id_env", &c.client_id_env),
+        s("client_secret_file", &c.client_secret_file),
+        s("client_secret_env", &c.client_secret_env),
+        s("token_url", &c.token_url),
+        s("client_auth", &c.client_auth),
+        s("scope", &c.scope),
+        c.params.as_ref().map(|p| ("params", Some(p.span()))),
+        s("key_file", &c.key_file),
+        s("app_id", &c.app_id),
+        s("installation_id", &c.installation_id),
+        s("private_key_file", &c.private_key_file),
+        s("private_key_env", &c.private_key_env),
+        s("refresh_before", &c.refresh_before),
+        s("token_ca_file", &c.token_ca_file),
+        s("token_connect_to", &c.token_connect_to),
     ]
     .into_iter()
     .flatten()
@@ -211,7 +261,7 @@ fn present(c: &RawCredential) -> Vec<(&'static str, Span)> {
 }
 
 /// Exactly one of `{stem}file` / `{stem}env`.
-fn one_source(
+pub(super) fn one_source(
     ctx: &Ctx<'_>,
     key: &str,
     stem: &str,

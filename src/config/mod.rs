@@ -8,6 +8,7 @@ mod ctx;
 mod forward;
 mod gateway;
 mod limits_shared;
+mod mint;
 mod raw;
 mod sections;
 mod validate;
@@ -339,6 +340,12 @@ impl Config {
         };
         let mut config = validate::validate(&ctx, raw, catalogue, api_files)?;
         config.digest = hasher.finalize().into();
+        // A GitHub App's token endpoint is its API's origin.
+        for named in &mut config.credentials {
+            if let Some(api) = config.apis.get(named.api) {
+                mint::bind_github(&mut named.config, &api.upstream);
+            }
+        }
         Ok(config)
     }
 

@@ -162,6 +162,24 @@ pub(crate) struct RawCredential {
     pub template: Option<Spanned<OneOrMany>>,
     /// `headers`: header name -> its part's source.
     pub headers: Option<Spanned<BTreeMap<String, Spanned<RawPartSource>>>>,
+    /// Token schemes (`oauth2_client_credentials`, `google_service_account`, `github_app`).
+    pub client_id: Option<Spanned<String>>,
+    pub client_id_file: Option<Spanned<String>>,
+    pub client_id_env: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+    pub token_url: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
+    pub scope: Option<Spanned<String>>,
+    pub params: Option<Spanned<BTreeMap<String, String>>>,
+    pub key_file: Option<Spanned<String>>,
+    pub app_id: Option<Spanned<String>>,
+    pub installation_id: Option<Spanned<String>>,
+    pub private_key_file: Option<Spanned<String>>,
+    pub private_key_env: Option<Spanned<String>>,
+    pub refresh_before: Option<Spanned<String>>,
+    pub token_ca_file: Option<Spanned<String>>,
+    pub token_connect_to: Option<Spanned<String>>,
 }
 
 /// A string or a list of strings.

@@ -111,6 +111,8 @@ pub fn first_credentials(config: &Config) -> Vec<(Option<Arc<Credential>>, Optio
         .credentials
         .iter()
         .map(|c| match Credential::load(&c.config) {
+            // Minted by its task once the reload task runs: not ready until then.
+            Err(KeyError::Minted) => (None, None),
             Ok(k) => (Some(Arc::new(k)), None),
             Err(e) => (None, Some(e)),
         })

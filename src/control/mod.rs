@@ -8,4 +8,5 @@ mod seed;
 pub mod shared_limit;
 pub mod state;
 pub mod tls;
+mod token;
 mod verify;

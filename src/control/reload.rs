@@ -26,6 +26,9 @@ use crate::telemetry;
 use super::compose::optional_client_cert;
 pub use super::compose::{compose, first_credentials, listener_tls};
 
+/// Longest wait for forced token refreshes after a 401 (the replay waits for the re-read).
+const TOKEN_WAIT: Duration = Duration::from_millis(400);
+
 /// Interval used when no filesystem watcher could be created.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
 
@@ -50,8 +53,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
     };
     let (verifier, mut verified) = super::verify::Verifier::new();
+    let (tokens, mut minted) = super::token::Tokens::new();
     let mut reloader = Reloader {
         verifier,
+        tokens,
         urgent: false,
         shared,
         names,
@@ -90,7 +95,21 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             () = reloader.shared.reread_asked() => {
                 tracing::info!("upstream answered 401: re-reading the keys now");
                 reloader.urgent = true;
+                // Minted tokens: one forced refresh each (at most one per 10 s); the replay
+                // waits briefly for the new tokens.
+                let mut waiting = reloader.tokens.force_all();
+                let deadline = tokio::time::Instant::now() + TOKEN_WAIT;
+                while !waiting.is_empty() {
+                    match tokio::time::timeout_at(deadline, minted.recv()).await {
+                        Ok(Some(m)) => {
+                            waiting.remove(m.name());
+                            reloader.tokens.accept(m);
+                        }
+                        _ => break,
+                    }
+                }
             }
+            Some(m) = minted.recv() => reloader.tokens.accept(m),
             Some(outcome) = verified.recv() => {
                 let snap = reloader.shared.load();
                 let current = snap
@@ -152,6 +171,8 @@ fn counts(event: &notify::Event, names: &[OsString]) -> bool {
 struct Reloader {
     /// Rotated keys tried with the API's verify request before they are used.
     verifier: super::verify::Verifier,
+    /// The tasks that mint the token schemes' tokens, and their latest tokens.
+    tokens: super::token::Tokens,
     /// This pass re-reads because the upstream refused the key in use: a new value is used
     /// at once (verified for the report only).
     urgent: bool,
@@ -233,6 +254,18 @@ impl Reloader {
                 .zip(snap.credentials.iter())
                 .find(|(old, _)| old.name == named.name && old.config == named.config)
                 .and_then(|(_, c)| c.clone());
+            // A token scheme: its task mints; the latest token is the credential.
+            if named.config.scheme.mint().is_some() {
+                let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
+                let next = self.tokens.sync(named, api);
+                let same = match (&previous, &next) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                key_changed |= !same;
+                credentials.push(next);
+                continue;
+            }
             let next = match Credential::load(&named.config) {
                 Ok(new) => {
                     let new = Arc::new(new);
@@ -271,6 +304,13 @@ impl Reloader {
         if credentials.len() != snap.credentials.len() {
             key_changed = true;
         }
+        let minted: std::collections::BTreeSet<Arc<str>> = config
+            .credentials
+            .iter()
+            .filter(|c| c.config.scheme.mint().is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        self.tokens.retain(&minted);
 
         // The listener certificate: rebuilt when its files (or the config) changed.
         let mut tls = snap.tls.clone();

@@ -12,6 +12,7 @@
 
 mod basic;
 mod header;
+pub mod mint;
 mod path;
 mod query;
 mod source;
@@ -44,6 +45,9 @@ pub enum Scheme {
     Path { templates: Arc<[PathTemplate]> },
     /// Several headers, one part each (the parts are named after the headers).
     Headers { names: Vec<HeaderName> },
+    /// `Authorization: Bearer <token>` with a token sidekey mints from the parts (a client
+    /// secret or a private key) at a token endpoint, off the request path.
+    Minted(Arc<mint::Mint>),
 }
 
 impl Scheme {
@@ -54,6 +58,7 @@ impl Scheme {
             Self::Query { .. } => "query",
             Self::Path { .. } => "path",
             Self::Headers { .. } => "headers",
+            Self::Minted(m) => m.name(),
         }
     }
 
@@ -72,6 +77,15 @@ impl Scheme {
                 let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
                 format!("headers {}", list.join(", "))
             }
+            Self::Minted(m) => format!("authorization: Bearer <token minted by {}>", m.name()),
+        }
+    }
+
+    /// The minting settings of a token scheme.
+    pub fn mint(&self) -> Option<&Arc<mint::Mint>> {
+        match self {
+            Self::Minted(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -89,6 +103,31 @@ impl Scheme {
 pub struct Part {
     pub name: Arc<str>,
     pub source: Source,
+}
+
+/// Longest document part (a PEM key, a service-account JSON key file).
+pub const MAX_DOCUMENT_LEN: usize = 64 * 1024;
+
+impl Part {
+    /// A document (PEM, JSON) rather than a header-safe key: read as it is, bounded.
+    pub fn is_document(&self) -> bool {
+        matches!(&*self.name, "key_file" | "private_key")
+    }
+
+    /// Reads the part: a key trimmed and checked, a document as it is (bounded, UTF-8).
+    pub fn read(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let raw = self.source.read()?;
+        if self.is_document() {
+            if raw.trim_ascii().is_empty() {
+                return Err(KeyError::Empty);
+            }
+            if raw.len() > MAX_DOCUMENT_LEN || std::str::from_utf8(&raw).is_err() {
+                return Err(KeyError::InvalidChar);
+            }
+            return Ok(raw);
+        }
+        validate_key(&raw).map(|k| Zeroizing::new(k.to_vec()))
+    }
 }
 
 /// A validated credential config: its scheme and its parts, in the scheme's order.
@@ -111,6 +150,23 @@ impl Spec {
                 source,
             }],
         }
+    }
+
+    /// Reads every part (a minted scheme's secret inputs), one error naming the part.
+    pub fn read_parts(&self) -> Result<Vec<Zeroizing<Vec<u8>>>, KeyError> {
+        let several = self.parts.len() > 1;
+        self.parts
+            .iter()
+            .map(|p| {
+                p.read().map_err(|e| match several {
+                    true => KeyError::Part {
+                        part: p.name.to_string(),
+                        error: Box::new(e),
+                    },
+                    false => e,
+                })
+            })
+            .collect()
     }
 
     /// Every file a part is read from (watched for changes).
@@ -136,6 +192,8 @@ pub enum KeyError {
     InvalidChar,
     #[error("the Basic user name holds `:`")]
     ColonInUser,
+    #[error("a token scheme is minted, not loaded")]
+    Minted,
     #[error("part {part}: {error}")]
     Part { part: String, error: Box<KeyError> },
 }
@@ -145,7 +203,9 @@ impl KeyError {
     pub fn result_label(&self) -> &'static str {
         match self {
             Self::Read(_) | Self::EnvMissing(_) | Self::Unstable => "error",
-            Self::Empty | Self::TooLong | Self::InvalidChar | Self::ColonInUser => "invalid",
+            Self::Empty | Self::TooLong | Self::InvalidChar | Self::ColonInUser | Self::Minted => {
+                "invalid"
+            }
             Self::Part { error, .. } => error.result_label(),
         }
     }
@@ -188,6 +248,14 @@ pub struct PartInfo {
     pub fingerprint: Option<String>,
 }
 
+/// A minted token's own facts (shown in `/credential`; the token itself never is).
+#[derive(Clone, Debug)]
+pub struct TokenInfo {
+    pub fingerprint: String,
+    pub fetched_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
 /// The ready-to-send form.
 enum Form {
     Headers(Vec<(HeaderName, HeaderValue)>),
@@ -208,6 +276,8 @@ pub struct Credential {
     digest: [u8; 32],
     source: &'static str,
     loaded_at: SystemTime,
+    /// A minted token: its fingerprint, when it was fetched, when it expires.
+    token: Option<TokenInfo>,
 }
 
 impl fmt::Debug for Credential {
@@ -276,6 +346,8 @@ impl Credential {
                 }
                 (Form::Headers(list), names.clone())
             }
+            // Minted by `control::token`, never loaded from the parts directly.
+            Scheme::Minted(_) => return Err(KeyError::Minted),
         };
         let mut hasher = Sha256::new();
         hasher.update(spec.scheme.name());
@@ -314,7 +386,67 @@ impl Credential {
             digest: hasher.finalize().into(),
             source,
             loaded_at: SystemTime::now(),
+            token: None,
         })
+    }
+
+    /// A minted token, sent as `Authorization: Bearer <token>`. `parts` are the secret inputs
+    /// it was minted from: their fingerprints are the credential's (the same on every replica,
+    /// whatever token each holds); the token has its own in [`token`](Self::token).
+    pub fn minted(
+        spec: &Spec,
+        parts: &[Zeroizing<Vec<u8>>],
+        token: &str,
+        fetched_at: SystemTime,
+        lifetime: std::time::Duration,
+    ) -> Result<Self, KeyError> {
+        let value = header::value("Bearer ", validate_key(token.as_bytes())?)?;
+        let mut hasher = Sha256::new();
+        hasher.update(spec.scheme.name());
+        let mut infos = Vec::with_capacity(spec.parts.len());
+        for (part, v) in spec.parts.iter().zip(parts) {
+            hasher.update((v.len() as u64).to_be_bytes());
+            hasher.update(v.as_slice());
+            infos.push(PartInfo {
+                name: part.name.clone(),
+                source: part.source.as_str(),
+                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
+            });
+        }
+        hasher.update(token.as_bytes());
+        let secret: Vec<&str> = infos
+            .iter()
+            .filter_map(|p| p.fingerprint.as_deref())
+            .collect();
+        let fp = match secret.as_slice() {
+            [one] => (*one).to_owned(),
+            many => fingerprint(many.join(":").as_bytes()),
+        };
+        let source = spec
+            .parts
+            .iter()
+            .find(|p| p.source.is_secret())
+            .map_or("config", |p| p.source.as_str());
+        Ok(Self {
+            scheme: spec.scheme.name(),
+            form: Form::Headers(vec![(http::header::AUTHORIZATION, value)]),
+            stripped: Vec::new(),
+            parts: infos,
+            fingerprint: fp,
+            digest: hasher.finalize().into(),
+            source,
+            loaded_at: fetched_at,
+            token: Some(TokenInfo {
+                fingerprint: fingerprint(token.as_bytes()),
+                fetched_at,
+                expires_at: fetched_at + lifetime,
+            }),
+        })
+    }
+
+    /// A minted token's facts (`None` for static keys).
+    pub fn token(&self) -> Option<&TokenInfo> {
+        self.token.as_ref()
     }
 
     /// Puts the credential into a request whose final upstream form is known (origin-form

@@ -9,6 +9,7 @@
 
 mod auto;
 mod connect;
+pub mod oneshot;
 mod pool;
 mod upgrade;
 

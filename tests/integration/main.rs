@@ -25,5 +25,6 @@ mod rotation;
 mod schemes;
 mod shared_limits;
 mod streaming;
+mod tokens;
 mod verify;
 mod websocket;
