@@ -346,3 +346,283 @@ async fn a_401_forces_one_refresh_and_a_replay() {
     );
     p.stop().await;
 }
+
+/// An RSA key made now with the openssl CLI: (PEM private key, DER RSAPublicKey).
+fn rsa_key(dir: &TempDir, name: &str, pkcs1: bool) -> (String, Vec<u8>) {
+    let path = dir.path().join(name);
+    let mut make = std::process::Command::new("openssl");
+    if pkcs1 {
+        make.args(["genrsa", "-traditional", "-out"])
+            .arg(&path)
+            .arg("2048");
+    } else {
+        make.args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&path);
+    }
+    assert!(make.output().unwrap().status.success());
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    (std::fs::read_to_string(&path).unwrap(), public.stdout)
+}
+
+/// Verifies an RS256 JWT against `public` and returns its claims.
+fn verify_jwt(jwt: &str, public: &[u8]) -> Option<serde_json::Value> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut it = jwt.rsplitn(2, '.');
+    let (sig, signed) = (it.next()?, it.next()?);
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public,
+    );
+    key.verify(signed.as_bytes(), &b64.decode(sig).ok()?).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64.decode(signed.split('.').next()?).ok()?).ok()?;
+    (header["alg"] == "RS256").then_some(())?;
+    serde_json::from_slice(&b64.decode(signed.split('.').nth(1)?).ok()?).ok()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// GitHub: the app JWT is checked (RS256 with the app's key, iss, iat in the past, exp at most
+/// 10 minutes ahead) before an installation token is issued; the API takes only that token.
+#[tokio::test]
+async fn a_github_app_mints_installation_tokens() {
+    let dir = TempDir::new();
+    let (pem, public) = rsa_key(&dir, "app.pem", true);
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_jwts = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (i, j) = (issued.clone(), seen_jwts.clone());
+    let handler: Handler = Arc::new(move |req| {
+        let (issued, jwts, public) = (i.clone(), j.clone(), public.clone());
+        Box::pin(async move {
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            if req.method() == http::Method::POST
+                && req.uri().path() == "/app/installations/7890/access_tokens"
+            {
+                jwts.lock().unwrap().push(bearer.clone());
+                let ok = verify_jwt(&bearer, &public).is_some_and(|c| {
+                    let (iat, exp) = (
+                        c["iat"].as_i64().unwrap_or(0),
+                        c["exp"].as_i64().unwrap_or(0),
+                    );
+                    c["iss"] == "123456" && iat <= now_s() - 30 && exp > now_s() && exp - iat <= 600
+                });
+                if !ok {
+                    return sidekey::mock::json(
+                        http::StatusCode::UNAUTHORIZED,
+                        &serde_json::json!({"message": "A JSON web token could not be decoded"}),
+                    );
+                }
+                let token = format!("ghs_{:04}", issued.lock().unwrap().len() + 1);
+                issued.lock().unwrap().push(token.clone());
+                let expires = humantime::format_rfc3339_seconds(
+                    std::time::SystemTime::now() + Duration::from_secs(3600),
+                )
+                .to_string();
+                return sidekey::mock::json(
+                    http::StatusCode::CREATED,
+                    &serde_json::json!({"token": token, "expires_at": expires}),
+                );
+            }
+            let ok = issued.lock().unwrap().contains(&bearer);
+            match ok {
+                true => {
+                    sidekey::mock::json(http::StatusCode::OK, &serde_json::json!([{"number": 1}]))
+                }
+                false => sidekey::mock::json(
+                    http::StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"message": "Bad credentials"}),
+                ),
+            }
+        })
+    });
+    let ca = Ca::new("test CA").unwrap();
+    let mock = MockUpstream::start(&ca, handler).await.unwrap();
+    dir.write("ca.pem", ca.cert_pem());
+    let config = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.github]
+url = "{}"
+ca_file = "ca.pem"
+path_prefix = "/github"
+credential = {{ scheme = "github_app", app_id = "123456", installation_id = "7890", private_key_file = "app.pem" }}
+[api.github.permissions]
+"issues:read" = ["GET /repos/{{o}}/{{r}}/issues"]
+[service]
+name = "gh-test"
+allow = ["github/issues:read"]
+"#,
+        mock.url()
+    );
+    let p = TestProxy::start_in(dir, &config).await;
+    assert!(ready(&p).await);
+    let r = request(
+        p.addr,
+        "GET",
+        "/github/repos/o/r/issues",
+        &[("authorization", "token caller-junk")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(issued.lock().unwrap().len(), 1);
+    // The app JWT went to the token endpoint only; the installation token to the API only.
+    for rec in mock.requests() {
+        let auth = rec
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        if rec.target.starts_with("/repos/") {
+            assert_eq!(auth, "Bearer ghs_0001");
+        }
+    }
+    let shown = String::from_utf8_lossy(&get(p.admin, "/credential").await.body).into_owned()
+        + &metrics(&p).await
+        + &String::from_utf8_lossy(&get(p.admin, "/").await.body);
+    assert!(!shown.contains("ghs_0001"));
+    assert!(!shown.contains(&seen_jwts.lock().unwrap()[0]));
+    assert!(!shown.contains(pem.lines().nth(1).unwrap()));
+    p.stop().await;
+}
+
+/// Google: the RFC 7523 assertion is checked (RS256 with the service account's key, iss, aud =
+/// token_uri, scope, a lifetime of at most an hour) at the key file's token_uri.
+#[tokio::test]
+async fn a_google_service_account_mints_with_a_jwt_bearer_assertion() {
+    let dir = TempDir::new();
+    let (pem, public) = rsa_key(&dir, "sa.pem", false);
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let token_uri = Arc::new(std::sync::OnceLock::<String>::new());
+    let (i, t) = (issued.clone(), token_uri.clone());
+    let handler: Handler = Arc::new(move |req| {
+        let (issued, public, token_uri) = (i.clone(), public.clone(), t.clone());
+        Box::pin(async move {
+            if req.uri().path() == "/token" {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let form: Vec<(String, String)> =
+                    form_urlencoded::parse(&body).into_owned().collect();
+                let get = |k: &str| {
+                    form.iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let claims = verify_jwt(&get("assertion"), &public);
+                let ok = get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+                    && claims.is_some_and(|c| {
+                        let (iat, exp) = (
+                            c["iat"].as_i64().unwrap_or(0),
+                            c["exp"].as_i64().unwrap_or(0),
+                        );
+                        c["iss"] == "sa@proj.iam.gserviceaccount.com"
+                            && c["aud"] == token_uri.get().cloned().unwrap_or_default().as_str()
+                            && c["scope"] == "https://www.googleapis.com/auth/devstorage.read_only"
+                            && iat <= now_s()
+                            && exp - iat <= 3600
+                    });
+                if !ok {
+                    return sidekey::mock::json(
+                        http::StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}),
+                    );
+                }
+                let token = format!("ya29.{:04}", issued.lock().unwrap().len() + 1);
+                issued.lock().unwrap().push(token.clone());
+                return sidekey::mock::json(
+                    http::StatusCode::OK,
+                    &serde_json::json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+                );
+            }
+            let bearer = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let ok = issued
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| bearer == format!("Bearer {t}"));
+            match ok {
+                true => sidekey::mock::json(
+                    http::StatusCode::OK,
+                    &serde_json::json!({"kind": "storage#objects", "items": []}),
+                ),
+                false => sidekey::mock::json(
+                    http::StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": {"code": 401}}),
+                ),
+            }
+        })
+    });
+    let ca = Ca::new("test CA").unwrap();
+    let mock = MockUpstream::start(&ca, handler).await.unwrap();
+    let _ = token_uri.set(format!("{}/token", mock.url()));
+    dir.write("ca.pem", ca.cert_pem());
+    let key = serde_json::json!({
+        "type": "service_account",
+        "client_email": "sa@proj.iam.gserviceaccount.com",
+        "private_key": pem,
+        "token_uri": format!("{}/token", mock.url()),
+    });
+    dir.write("sa.json", &key.to_string());
+    let config = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.gcs]
+url = "{}"
+ca_file = "ca.pem"
+path_prefix = "/gcs"
+credential = {{ scheme = "google_service_account", key_file = "sa.json", scope = "https://www.googleapis.com/auth/devstorage.read_only", token_ca_file = "ca.pem" }}
+[api.gcs.permissions]
+"objects:list" = ["GET /storage/v1/b/{{bucket}}/o"]
+[service]
+name = "gcs-test"
+allow = ["gcs/objects:list"]
+"#,
+        mock.url()
+    );
+    let p = TestProxy::start_in(dir, &config).await;
+    assert!(
+        ready(&p).await,
+        "{}",
+        String::from_utf8_lossy(&get(p.admin, "/credential").await.body)
+    );
+    let r = get(p.addr, "/gcs/storage/v1/b/bkt/o").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(issued.lock().unwrap().len(), 1);
+    let shown = String::from_utf8_lossy(&get(p.admin, "/credential").await.body).into_owned()
+        + &metrics(&p).await;
+    assert!(!shown.contains("ya29.0001"));
+    p.stop().await;
+}
