@@ -54,6 +54,19 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
         for result in ["ok", "invalid", "error"] {
             metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
         }
+        // Token schemes: the fetch results, and the expiry at 0 until a token is minted.
+        if named.config.scheme.mint().is_some() {
+            for result in [
+                "ok",
+                "refused",
+                "unreachable",
+                "malformed",
+                "invalid_secret",
+            ] {
+                metrics::counter!(telemetry::TOKEN_FETCHES_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
+            }
+            metrics::gauge!(telemetry::TOKEN_EXPIRY_TIMESTAMP_SECONDS, "api" => api.to_owned(), "credential" => named.name.to_string()).increment(0.0);
+        }
         if config
             .apis
             .get(named.api)

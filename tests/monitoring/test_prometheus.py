@@ -30,6 +30,29 @@ def main():
                               'verify = "GET /v1/x"\nconnect_to = "127.0.0.1:9"')
         log = open(os.path.join(work, "sidekey.log"), "w")
         proc = subprocess.Popen([sidekey, "run", "--config", config], stdout=log, stderr=subprocess.STDOUT)
+        # A second sidekey with a minted token whose endpoint refuses at once (loopback, no DNS),
+        # so the token series the dashboard and alerts query exist.
+        tok_admin, tok_listener = free_port(), free_port()
+        with open(os.path.join(work, "secret"), "w") as f:
+            f.write("cs_prometheus_0001")
+        tok_config = os.path.join(work, "tokens.toml")
+        with open(tok_config, "w") as f:
+            f.write(f"""
+[listener]
+address = "127.0.0.1:{tok_listener}"
+[admin]
+address = "127.0.0.1:{tok_admin}"
+[api.graph]
+url = "https://api.example.invalid"
+path_prefix = "/graph"
+credential = {{ scheme = "oauth2_client_credentials", token_url = "https://idp.example.invalid/token", token_connect_to = "127.0.0.1:9", client_id = "cid", client_secret_file = "secret" }}
+[api.graph.permissions]
+"me" = ["GET /v1/me"]
+[service]
+name = "prom-tokens"
+allow = ["graph/me"]
+""")
+        tok_proc = subprocess.Popen([sidekey, "run", "--config", tok_config], stdout=log, stderr=subprocess.STDOUT)
         prom_port = free_port()
         prom_cfg = os.path.join(work, "prometheus.yml")
         with open(prom_cfg, "w") as f:
@@ -44,6 +67,10 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{admin}"]
         labels: {{ namespace: test, pod: sidekey-0 }}
+  - job_name: sidekey-tokens
+    static_configs:
+      - targets: ["127.0.0.1:{tok_admin}"]
+        labels: {{ namespace: test-tokens, pod: sidekey-tokens-0 }}
 """)
         plog = open(os.path.join(work, "prometheus.log"), "w")
         prom = subprocess.Popen([prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={work}/tsdb",
@@ -52,7 +79,8 @@ scrape_configs:
         try:
             def target_up():
                 targets = get(f"{base}/targets")["data"]["activeTargets"]
-                return targets and targets[0]["health"] == "up" and targets[0]
+                up = [t for t in targets if t["health"] == "up"]
+                return len(up) == 2 and [t for t in up if t["labels"]["job"] == "sidekey"][0]
             target = wait("the sidekey target to be up", target_up)
             assert target["lastError"] == "", target
             print("prometheus scrapes sidekey: target up, no scrape error: ok")
@@ -104,6 +132,8 @@ scrape_configs:
         finally:
             prom.terminate()
             proc.terminate()
+            tok_proc.terminate()
+            tok_proc.wait(timeout=30)
             prom.wait(timeout=30)
             proc.wait(timeout=30)
     print("monitoring: all passed")
