@@ -70,6 +70,10 @@ enum Command {
         /// With several APIs: the one the OpenAPI description is for.
         #[arg(long)]
         api: Option<String>,
+        /// Also mint one token for every credential with a token scheme (contacts the token
+        /// endpoints) and report the result, never the token.
+        #[arg(long)]
+        online: bool,
     },
     /// Print the minimal `allow = [...]` that covers the requests in an access log.
     #[command(
@@ -276,6 +280,7 @@ fn main() -> ExitCode {
             format,
             openapi,
             api,
+            online,
         } => {
             let opts = sidekey::cli::CheckOptions {
                 strict,
@@ -283,12 +288,20 @@ fn main() -> ExitCode {
                 openapi: openapi.as_deref(),
                 api: api.as_deref(),
             };
-            sidekey::cli::check(
+            let code = sidekey::cli::check(
                 &config,
                 opts,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
-            )
+            );
+            match (code, online) {
+                (0, true) => sidekey::cli::check_online(
+                    &config,
+                    &mut std::io::stdout(),
+                    &mut std::io::stderr(),
+                ),
+                (code, _) => code,
+            }
         }
         Command::Suggest {
             config,

@@ -426,3 +426,46 @@ fn drift_lints(config: &Config, spec: &Path, api: Option<&str>) -> Result<Vec<Li
     }
     Ok(lints)
 }
+
+/// `check --online`: mints one token for every credential with a token scheme and reports the
+/// result (fingerprint and lifetime, or the token endpoint's error), never the token. 0 when
+/// every token was minted, 1 otherwise, 64 for a bad config.
+pub fn online(path: &std::path::Path, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let config = match super::load(path, err) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        let _ = writeln!(err, "error: cannot start a runtime");
+        return 1;
+    };
+    let mut failed = false;
+    let minted: Vec<_> = config
+        .credentials
+        .iter()
+        .filter(|c| c.config.scheme.mint().is_some())
+        .collect();
+    if minted.is_empty() {
+        let _ = writeln!(out, "online: no credential with a token scheme");
+    }
+    for c in minted {
+        match rt.block_on(crate::control::token::mint_once(&c.config)) {
+            Ok((fp, lifetime)) => {
+                let _ = writeln!(
+                    out,
+                    "online: `{}`: token minted (fingerprint {fp}, valid {} s)",
+                    c.name,
+                    lifetime.as_secs()
+                );
+            }
+            Err(e) => {
+                failed = true;
+                let _ = writeln!(out, "online: `{}`: no token: {e}", c.name);
+            }
+        }
+    }
+    i32::from(failed)
+}

@@ -10,7 +10,7 @@ pub mod kube;
 pub mod rotation;
 pub mod suggest;
 
-pub use check::check;
+pub use check::{check, online as check_online};
 
 use std::io::Write;
 use std::path::Path;

@@ -8,5 +8,5 @@ mod seed;
 pub mod shared_limit;
 pub mod state;
 pub mod tls;
-mod token;
+pub mod token;
 mod verify;

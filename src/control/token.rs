@@ -187,6 +187,21 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `check --online`: mints one token with these settings and returns its fingerprint and
+/// lifetime (the token itself goes nowhere).
+pub async fn mint_once(spec: &Spec) -> Result<(String, Duration), MintError> {
+    let mint = spec
+        .scheme
+        .mint()
+        .ok_or_else(|| MintError::Secret("not a token scheme".into()))?;
+    let (credential, lifetime) = fetch(spec, mint).await?;
+    let fp = credential
+        .token()
+        .map(|t| t.fingerprint.clone())
+        .unwrap_or_default();
+    Ok((fp, lifetime))
+}
+
 /// Mints one token: reads the secret inputs, asks the endpoint, reads the answer.
 async fn fetch(spec: &Spec, mint: &Mint) -> Result<(Arc<Credential>, Duration), MintError> {
     let parts = spec

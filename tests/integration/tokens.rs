@@ -626,3 +626,29 @@ allow = ["gcs/objects:list"]
     assert!(!shown.contains("ya29.0001"));
     p.stop().await;
 }
+
+/// `check --online` mints one token and reports it (fingerprint, lifetime) or the token
+/// endpoint's error, never the token.
+#[tokio::test]
+async fn check_online_mints_one_token_and_reports_without_printing_it() {
+    let idp = Idp::new(Duration::from_secs(60), false);
+    let (p, _mock) = start(&idp, "").await;
+    let config = p.dir.path().join("sidekey.toml");
+    let run = |config: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            sidekey(&["check", "--config", config.to_str().unwrap(), "--online"])
+        })
+    };
+    let (code, out, err) = run(config.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("online: `graph`: token minted (fingerprint "), "{out}");
+    for (t, _) in idp.issued.lock().unwrap().iter() {
+        assert!(!out.contains(t.as_str()) && !err.contains(t.as_str()));
+    }
+    std::fs::write(p.dir.path().join("keys/secret"), "wrong").unwrap();
+    let (code, out, _) = run(config).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid_client"), "{out}");
+    assert!(!out.contains("wrong"), "{out}");
+    p.stop().await;
+}
