@@ -16,6 +16,9 @@ pub fn is_hop_by_hop(name: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            // RFC 9113 section 3.2.1: connection-specific even when `Connection` does not
+            // name it (h2csmuggler's --upgrade-only sends it bare).
+            | "http2-settings"
     )
 }
 
@@ -29,7 +32,7 @@ pub fn is_reserved(name: &HeaderName) -> bool {
 }
 
 /// The hop-by-hop set as header names (see [`is_hop_by_hop`]).
-pub const HOP_BY_HOP: [HeaderName; 7] = [
+pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -37,4 +40,5 @@ pub const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];

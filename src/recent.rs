@@ -24,6 +24,8 @@ pub struct Refusal {
     pub caller: Option<Arc<str>>,
     /// The permission the route needs and the caller lacks.
     pub missing: Option<Arc<str>>,
+    /// Why a reject was rejected (`dot_segment`, `encoded_slash`, ...), when it was.
+    pub reason: Option<&'static str>,
     pub decision: &'static str,
     pub code: &'static str,
 }

@@ -213,7 +213,7 @@ pub fn page(shared: &Shared) -> String {
     let recent = shared.recent.list();
     let _ = write!(
         h,
-        "<h2>Last {} denials and rejects</h2><table id=\"refusals\"><tr><th>when</th><th>caller</th><th>method</th><th>path</th><th>api</th><th>needs</th><th>code</th></tr>",
+        "<h2>Last {} denials and rejects</h2><table id=\"refusals\"><tr><th>when</th><th>caller</th><th>method</th><th>path</th><th>api</th><th>needs (permission or reason)</th><th>code</th></tr>",
         recent.len()
     );
     let mut missing: BTreeSet<String> = BTreeSet::new();
@@ -229,7 +229,7 @@ pub fn page(shared: &Shared) -> String {
             esc(r.method.as_str()),
             esc(r.path.as_deref().unwrap_or("(rejected before a path)")),
             esc(r.api.as_deref().unwrap_or("-")),
-            esc(r.missing.as_deref().unwrap_or("-")),
+            esc(r.missing.as_deref().or(r.reason).unwrap_or("-")),
             esc(r.code)
         );
     }

@@ -62,6 +62,18 @@ impl ProxyError {
         }
     }
 
+    /// The `reason` of the error body (which rule rejected, why a caller is refused).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidRequest(reason)
+            | Self::CallerUnauthenticated(reason)
+            | Self::HostNotAllowed(reason)
+            | Self::ProxyAuthRequired(reason) => Some(reason),
+            Self::RateLimitUnavailable => Some("shared_limiter_unavailable"),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -182,15 +194,8 @@ impl ProxyError {
         if let Self::PermissionDenied(p) = self {
             error["permission"] = serde_json::Value::from(&**p);
         }
-        if let Self::InvalidRequest(reason)
-        | Self::CallerUnauthenticated(reason)
-        | Self::HostNotAllowed(reason)
-        | Self::ProxyAuthRequired(reason) = self
-        {
-            error["reason"] = serde_json::Value::from(*reason);
-        }
-        if let Self::RateLimitUnavailable = self {
-            error["reason"] = serde_json::Value::from("shared_limiter_unavailable");
+        if let Some(reason) = self.reason() {
+            error["reason"] = serde_json::Value::from(reason);
         }
         let body = serde_json::json!({ "error": error }).to_string();
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));

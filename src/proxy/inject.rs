@@ -252,6 +252,7 @@ mod tests {
             ("te", "trailers"),
             ("trailer", "authorization"),
             ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
             ("accept", "application/json"),
             ("content-type", "application/json"),
         ]);

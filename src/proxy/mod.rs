@@ -159,6 +159,7 @@ fn remember(
             .and_then(|i| snap.config.principals.get(i))
             .map(|p| p.name.clone()),
         missing,
+        reason: error.and_then(ProxyError::reason),
         decision,
         code: error.map_or("would_deny", ProxyError::code),
     });

@@ -326,6 +326,11 @@ async fn send(
         }
     };
     let (StatusCode::UNAUTHORIZED, Some(head)) = (resp.status(), head) else {
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A streamed body is never replayed, but the key is re-read at once all the same
+            // (at most once a second): the next request goes out with the new one.
+            shared.reread_keys(std::time::Duration::ZERO).await;
+        }
         return Ok((resp, credential.clone()));
     };
     let Some(newer) = unauthorized::newer_key(shared, principal, api, credential).await else {

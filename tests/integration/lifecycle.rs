@@ -307,6 +307,9 @@ async fn the_status_page_shows_refusals_and_never_secrets() {
     )
     .await;
     assert_eq!(r.status, 403);
+    // A reject shows its reason where a denial shows the missing permission.
+    let r = get(p.addr, "/v1/sandboxes/%2e%2e/usage").await;
+    assert_eq!(r.status, 400);
     let page = get(p.admin, "/").await;
     assert_eq!(page.status, 200);
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
@@ -318,6 +321,7 @@ async fn the_status_page_shows_refusals_and_never_secrets() {
     );
     assert!(html.contains("<code>/v1/sandboxes/sb_9</code>"), "{html}");
     assert!(html.contains("<td>sandbox_sessions:delete</td>"), "{html}");
+    assert!(html.contains("<td>dot_segment</td>"), "{html}");
     assert!(html.contains("allow = [&quot;sandbox_sessions:create&quot;, &quot;sandbox_sessions:delete&quot;, &quot;sandbox_sessions:read&quot;]"), "{html}");
     assert!(
         !html.contains("querysecret") && !html.contains(key),

@@ -494,3 +494,38 @@ async fn rotation_status_asks_every_admin_endpoint() {
     p1.stop().await;
     p2.stop().await;
 }
+
+/// A 401 to a request with a body re-reads the key at once too (only the replay is limited
+/// to bodiless requests): the next request goes out with the new key.
+#[tokio::test]
+async fn a_401_to_a_request_with_a_body_rereads_the_key() {
+    let accept = Arc::new(std::sync::Mutex::new("sk_old_0001".to_owned()));
+    let up = Upstream::with(only_key(accept.clone())).await;
+    let text = config_text(&up.mock.url(), "").replace("debounce = \"50ms\"", "debounce = \"10s\"");
+    let p = TestProxy::start(&up, Some("sk_old_0001"), &text).await;
+    // Serving (its start-up re-read done) with the old key.
+    assert_eq!(get(p.addr, "/v1/sandboxes").await.status, 200);
+    *accept.lock().unwrap() = "sk_new_0002".into();
+    std::fs::write(p.key_path(), "sk_new_0002").unwrap();
+    let body = http::Request::builder()
+        .method("POST")
+        .uri("/v1/sandboxes")
+        .header("host", "x")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(
+        send(p.addr, body).await.status,
+        401,
+        "a body is not replayed"
+    );
+    let new = fingerprint(b"sk_new_0002");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            live_fingerprint(&p).await == new
+        })
+        .await,
+        "the 401 did not re-read the key"
+    );
+    assert_eq!(get(p.addr, "/v1/sandboxes").await.status, 200);
+    p.stop().await;
+}

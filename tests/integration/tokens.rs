@@ -641,7 +641,10 @@ async fn check_online_mints_one_token_and_reports_without_printing_it() {
     };
     let (code, out, err) = run(config.clone()).await.unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("online: `graph`: token minted (fingerprint "), "{out}");
+    assert!(
+        out.contains("online: `graph`: token minted (fingerprint "),
+        "{out}"
+    );
     for (t, _) in idp.issued.lock().unwrap().iter() {
         assert!(!out.contains(t.as_str()) && !err.contains(t.as_str()));
     }
