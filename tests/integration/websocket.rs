@@ -448,6 +448,42 @@ async fn the_tunnel_cap_answers_503() {
     p.stop().await;
 }
 
+/// Once the gauge shows a free place, a handshake gets it: the tunnel releases its
+/// `max_websockets` slot before it lowers `sidekey_websockets_open`. Under CPU load, on a
+/// multi-threaded runtime (where a scrape can run between the two steps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_right_after_the_gauge_drops_gets_the_place() {
+    let up = WsUpstream::start(Mode::Echo).await;
+    let p = start(&up, "ws-reopen", "max_websockets = 1").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    for round in 0..8 {
+        let ws = open(p.addr).await;
+        assert!(eventually(WAIT, || async { open_gauge(&p, "ws-reopen").await == 1.0 }).await);
+        drop(ws);
+        assert!(eventually(WAIT, || async { open_gauge(&p, "ws-reopen").await == 0.0 }).await);
+        let out = raw_handshake(p.addr, "/v1/sandboxes/sb_1/terminal", "").await;
+        assert!(out.starts_with("HTTP/1.1 101"), "round {round}: {out}");
+        // Let that tunnel close before the next round.
+        assert!(eventually(WAIT, || async { open_gauge(&p, "ws-reopen").await == 0.0 }).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn abrupt_closes_close_the_other_side() {
     let up = WsUpstream::start(Mode::Echo).await;

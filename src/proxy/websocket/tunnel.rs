@@ -55,6 +55,12 @@ impl Tunnel {
         let to_client = bytes_counter(&self, "to_client");
         let upstream = TokioIo::new(upstream);
         let end = splice::run(io, upstream, early, limits, closing, to_upstream, to_client).await;
+        // The places first, then the gauge: once the gauge shows room, a handshake finds it
+        // (the other order let one arriving in between get 503 `overloaded`).
+        let Tunnel {
+            slot, caller_slot, ..
+        } = self;
+        drop((slot, caller_slot));
         drop(open);
         tracing::info!(
             target: "sidekey::access",
@@ -69,6 +75,5 @@ impl Tunnel {
             duration_ms = end.duration.as_secs_f64() * 1000.0,
             error = end.error.as_ref().map(|e| e.kind().to_string()),
         );
-        drop((self.slot, self.caller_slot));
     }
 }
