@@ -194,9 +194,38 @@ fn bench_inject(c: &mut Criterion) {
     base.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     base.insert("accept", HeaderValue::from_static("*/*"));
     base.insert("authorization", HeaderValue::from_static("Bearer caller"));
+    // A cached minted token: what the request path holds for the token schemes.
+    let oauth = Spec {
+        scheme: Scheme::Minted(std::sync::Arc::new(sidekey::credential::mint::Mint {
+            kind: sidekey::credential::mint::Kind::OAuth2 {
+                token_url: "https://idp.example/token".parse().expect("url"),
+                client_auth: sidekey::credential::mint::ClientAuth::Basic,
+                scope: None,
+                params: Vec::new(),
+            },
+            endpoint: sidekey::credential::mint::Endpoint::default(),
+            refresh_before: None,
+        })),
+        parts: spec(Scheme::Basic, &["client_id", "client_secret"]).parts,
+    };
+    let secrets = [
+        zeroize::Zeroizing::new(b"cid".to_vec()),
+        zeroize::Zeroizing::new(b"secret".to_vec()),
+    ];
+    let minted = Credential::minted(
+        &oauth,
+        &secrets,
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.minted-access-token",
+        std::time::SystemTime::now(),
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("minted");
     let mut g = c.benchmark_group("inject");
-    for (name, spec) in schemes {
+    let all = schemes.into_iter().map(|(name, spec)| {
         let credential = Credential::from_values(&spec, &[key, key]).expect("credential");
+        (name, credential)
+    });
+    for (name, credential) in all.chain(std::iter::once(("minted_token", minted))) {
         let label = if name == "header" {
             "strip_and_inject".to_owned()
         } else {

@@ -15,31 +15,25 @@ use crate::headers::{HOP_BY_HOP, is_hop_by_hop};
 pub enum FramingError {
     /// `Transfer-Encoding` other than exactly `chunked`.
     TransferEncoding,
-    /// `Transfer-Encoding` together with `Content-Length` (RFC 9112 section 6.3).
-    LengthAndChunked,
 }
 
 impl FramingError {
     pub fn reason(self) -> &'static str {
         match self {
             Self::TransferEncoding => "unsupported_transfer_encoding",
-            Self::LengthAndChunked => "content_length_with_transfer_encoding",
         }
     }
 }
 
 /// Rejects framing that proxies and origins have been known to read differently.
+/// `Transfer-Encoding` with `Content-Length` never reaches here: hyper frames such a request
+/// as chunked, drops `Content-Length` and closes the connection after the answer (RFC 9112
+/// section 6.3 allows this; `tests/integration/adversarial.rs` holds it).
 pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
     let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
     match (te.next(), te.next()) {
         (None, _) => Ok(()),
-        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => {
-            if headers.contains_key(header::CONTENT_LENGTH) {
-                Err(FramingError::LengthAndChunked)
-            } else {
-                Ok(())
-            }
-        }
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Ok(()),
         _ => Err(FramingError::TransferEncoding),
     }
 }
@@ -321,13 +315,6 @@ mod tests {
                 ("transfer-encoding", "chunked")
             ])),
             Err(FramingError::TransferEncoding)
-        );
-        assert_eq!(
-            check_framing(&headers(&[
-                ("transfer-encoding", "chunked"),
-                ("content-length", "3")
-            ])),
-            Err(FramingError::LengthAndChunked)
         );
     }
 
