@@ -440,4 +440,6 @@ pub fn import(
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

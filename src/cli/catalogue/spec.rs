@@ -105,6 +105,10 @@ impl<'de> Deserialize<'de> for Operation {
                         "security" => op.security = map.next_value()?,
                         "deprecated" => op.deprecated = map.next_value()?,
                         "servers" => op.servers = map.next_value()?,
+                        // Read for its shape only: an operation's responses are a map.
+                        "responses" => {
+                            map.next_value::<BTreeMap<String, IgnoredAny>>()?;
+                        }
                         k if k.starts_with("x-") => {
                             let v: serde_json::Value = map.next_value()?;
                             op.extensions.insert(key, v);
@@ -156,6 +160,14 @@ pub fn parse(bytes_or_reader: Input<'_>) -> Result<Spec, String> {
                 .map_err(|e| format!("at {}: {}", pointer(e.path()), e.inner()))?
         }
     };
+    // A path key is an absolute path template: anything else (`noslash:`) would become a route
+    // the spec never had (it used to turn into `GET /`).
+    if let Some(bad) = spec.paths.keys().find(|k| !k.starts_with('/')) {
+        return Err(format!(
+            "at /paths/{}: a path must start with `/`",
+            bad.replace('~', "~0").replace('/', "~1")
+        ));
+    }
     match (&spec.openapi, &spec.swagger) {
         (Some(v), _) if v.starts_with("3.") => Ok(spec),
         (None, Some(v)) if v.starts_with("2.") => Ok(spec),
@@ -181,5 +193,10 @@ pub fn server_path(url: &str) -> String {
         None => url,
     };
     let rest = rest.split(['?', '#']).next().unwrap_or("");
-    rest.trim_end_matches('/').to_owned()
+    let rest = rest.trim_end_matches('/');
+    // A relative server URL (`v1`) is a path under the API's origin: anchored at `/`.
+    match rest.is_empty() || rest.starts_with('/') {
+        true => rest.to_owned(),
+        false => format!("/{rest}"),
+    }
 }

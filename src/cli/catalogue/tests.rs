@@ -242,3 +242,28 @@ fn drift_finds_removed_and_new_operations() {
         "{lints:?}"
     );
 }
+
+/// An import never turns an invalid description into a grant: a path key that is not absolute,
+/// an operation or `responses` of the wrong type are refused, naming where (JSON pointer).
+#[test]
+fn invalid_descriptions_are_refused_with_their_pointer() {
+    let parse = |paths: &str| {
+        let text = format!(
+            r#"{{"openapi":"3.0.3","info":{{"title":"t","version":"1"}},"paths":{paths}}}"#
+        );
+        spec::parse(Input::Json(Box::new(text.as_bytes())))
+            .err()
+            .unwrap_or_default()
+    };
+    let e = parse(r#"{"noslash:":{"get":{"responses":{"200":{}}}}}"#);
+    assert!(
+        e.starts_with("at /paths/noslash:: a path must start with `/`"),
+        "{e}"
+    );
+    let e = parse(r#"{"/pets":{"get":{"responses":5}}}"#);
+    assert!(e.starts_with("at /paths/~1pets/get/responses"), "{e}");
+    let e = parse(r#"{"/pets":{"get":5}}"#);
+    assert!(e.starts_with("at /paths/~1pets/get"), "{e}");
+    // A relative server URL is anchored at `/`, never glued to a path.
+    assert_eq!(spec::server_path("v1"), "/v1");
+}
