@@ -15,6 +15,16 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
             metrics::counter!(telemetry::UPSTREAM_ERRORS_TOTAL, "api" => api.name.to_string(), "kind" => kind).increment(0);
         }
     }
+    // Each granted permission's allowed requests, so request-rate panels and alerts see the
+    // series before the first request (the other decisions and statuses appear when used).
+    for p in &config.principals {
+        for (api, perm) in &p.grants {
+            let Some(api) = config.apis.get(*api) else {
+                continue;
+            };
+            metrics::counter!(telemetry::REQUESTS_TOTAL, "caller" => p.name.to_string(), "api" => api.name.to_string(), "permission" => perm.to_string(), "decision" => "allow", "status" => "200").increment(0);
+        }
+    }
     // WebSocket series for each caller and each permission with a websocket route it holds.
     for p in &config.principals {
         for (i, api) in config.apis.iter().enumerate() {
