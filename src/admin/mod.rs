@@ -19,6 +19,22 @@ pub async fn handle(
     shared: Arc<Shared>,
     req: Request<crate::serve::RequestBody>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // A DNS-rebinding page must not read fingerprints, paths or refusals either: the same
+    // Host and browser checks as the proxy's listeners (the admin listener has no callers).
+    let screened = {
+        let snap = shared.load();
+        let l = &snap.config.listener;
+        crate::proxy::local::browser(req.method(), req.headers(), &l.allowed_origins)
+            .and_then(|()| crate::proxy::local::host(req.uri(), req.headers(), &l.allowed_hosts))
+    };
+    if let Err(e) = screened {
+        metrics::counter!(crate::telemetry::ERRORS_TOTAL, "code" => e.code()).increment(1);
+        tracing::info!(target: "sidekey::access", listener = "admin", error = e.code(), reason = e.reason(), "admin request refused");
+        return Ok(json(
+            e.status(),
+            &serde_json::json!({"error": {"code": e.code(), "reason": e.reason(), "message": e.message()}}),
+        ));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -95,6 +95,7 @@ pub(super) fn single(
             catalogue,
             permissions_path,
             verify,
+            allowed_hosts: Vec::new(),
         }],
         names: vec![names],
         keys: vec![key],
@@ -175,6 +176,7 @@ pub(super) fn named(
             placeholder_env: api.placeholder_env,
             verify: None,
         };
+        let allowed_hosts = api.allowed_hosts;
         let upstream = upstream(ctx, &table, up)?;
         let file = files.remove(&name);
         let permissions_path = file.as_ref().map(|(p, _, _)| p.clone());
@@ -200,6 +202,10 @@ pub(super) fn named(
             catalogue,
             permissions_path,
             verify,
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         });
         out.names.push(names);
         out.keys.push(key);

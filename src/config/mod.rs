@@ -85,6 +85,8 @@ pub struct Api {
     pub permissions_path: Option<PathBuf>,
     /// `verify = "GET /path"`: a rotated key is tried with this request before it is used.
     pub verify: Option<Verify>,
+    /// `Host` names its own listener serves besides loopback ones (lower case, no port).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A bodiless GET or HEAD on one of the API's catalogue routes.
@@ -196,6 +198,10 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// `[listener.tls]`: serve HTTPS (required beyond loopback); hot-reloaded.
     pub tls: Option<ListenerTls>,
+    /// `Host` names served besides loopback ones (lower case, without port).
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted besides loopback ones (lower case).
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

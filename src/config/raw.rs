@@ -71,6 +71,9 @@ pub(crate) struct RawApi {
     pub placeholder_env: Option<Spanned<String>>,
     /// `"GET /path"`: tried with a rotated key before it is used.
     pub verify: Option<Spanned<String>>,
+    /// `Host` names its own listener serves besides loopback ones.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +116,12 @@ pub(crate) struct RawListener {
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawListenerTls>>,
+    /// `Host` names served besides loopback ones (DNS-rebinding guard).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted besides loopback ones.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

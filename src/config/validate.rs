@@ -69,6 +69,18 @@ pub(crate) fn validate(
             .tls
             .as_ref()
             .map(|t| super::gateway::listener_tls(ctx, t.get_ref())),
+        allowed_hosts: raw
+            .listener
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        allowed_origins: raw
+            .listener
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
     };
     if !listener.address.ip().is_loopback() && listener.tls.is_none() {
         let span = raw.listener.address.as_ref().map(Spanned::span);

@@ -45,6 +45,12 @@ pub enum ProxyError {
     AuthorityMismatch,
     /// Forward proxy, gateway shape: no (known) caller token in `Proxy-Authorization`.
     ProxyAuthRequired(&'static str),
+    /// A listener without caller authentication got a `Host` that names neither loopback nor
+    /// an allowed host (DNS rebinding): 403 `host_not_allowed`.
+    HostNotLocal,
+    /// A listener without caller authentication got what a browser sends on a web page's
+    /// behalf (a foreign `Origin`, a cross-site fetch, a CORS preflight); reason says which.
+    BrowserRefused(&'static str),
 }
 
 impl ProxyError {
@@ -68,7 +74,8 @@ impl ProxyError {
             Self::InvalidRequest(reason)
             | Self::CallerUnauthenticated(reason)
             | Self::HostNotAllowed(reason)
-            | Self::ProxyAuthRequired(reason) => Some(reason),
+            | Self::ProxyAuthRequired(reason)
+            | Self::BrowserRefused(reason) => Some(reason),
             Self::RateLimitUnavailable => Some("shared_limiter_unavailable"),
             _ => None,
         }
@@ -91,11 +98,12 @@ impl ProxyError {
             Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::AuthorityMismatch => StatusCode::MISDIRECTED_REQUEST,
             Self::ProxyAuthRequired(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Self::HostNotLocal | Self::BrowserRefused(_) => StatusCode::FORBIDDEN,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 16] = [
+    pub const CODES: [&'static str; 17] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -112,6 +120,7 @@ impl ProxyError {
         "host_not_allowed",
         "authority_mismatch",
         "proxy_auth_required",
+        "browser_request_refused",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -133,6 +142,8 @@ impl ProxyError {
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::AuthorityMismatch => "authority_mismatch",
             Self::ProxyAuthRequired(_) => "proxy_auth_required",
+            Self::HostNotLocal => "host_not_allowed",
+            Self::BrowserRefused(_) => "browser_request_refused",
         }
     }
 
@@ -146,6 +157,8 @@ impl ProxyError {
             | Self::RateLimitUnavailable
             | Self::UpgradeNotAllowed
             | Self::HostNotAllowed(_)
+            | Self::HostNotLocal
+            | Self::BrowserRefused(_)
             | Self::ProxyAuthRequired(_) => "deny",
             Self::InvalidRequest(_)
             | Self::MethodNotAllowed
@@ -181,6 +194,8 @@ impl ProxyError {
             Self::HostNotAllowed(reason) => format!("this forward proxy only reaches its configured APIs ({reason}); nothing was sent"),
             Self::AuthorityMismatch => "the request's Host (or :authority) is not the host this tunnel was opened for; nothing was sent upstream".into(),
             Self::ProxyAuthRequired(reason) => format!("this forward proxy serves identified callers only ({reason}): put your caller token in the proxy URL or Proxy-Authorization; nothing was sent"),
+            Self::HostNotLocal => "this listener serves this machine's own callers: the Host must be localhost, a loopback address or one of listener.allowed_hosts; nothing was sent".into(),
+            Self::BrowserRefused(reason) => format!("a web page cannot use this listener ({reason}); nothing was sent"),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod inject;
 
 mod links;
+pub mod local;
 mod pipeline;
 mod request_id;
 mod respond;
@@ -87,8 +88,11 @@ pub async fn handle(
         websocket: false,
     };
     let max = snap.config.limits.max_in_flight;
-    let result = match caller::identify(&snap.config, &peer, req.headers()) {
-        Err(why) => Err(ProxyError::CallerUnauthenticated(why.reason())),
+    let result = match screen(&snap, &via, &req).and_then(|()| {
+        caller::identify(&snap.config, &peer, req.headers())
+            .map_err(|why| ProxyError::CallerUnauthenticated(why.reason()))
+    }) {
+        Err(e) => Err(e),
         Ok(i) => {
             outcome.principal = Some(i);
             match InFlightGuard::try_acquire(&shared.in_flight, max) {
@@ -130,6 +134,32 @@ pub async fn handle(
         start,
     );
     Ok(resp)
+}
+
+/// A listener without caller authentication (the service shape: every listener) serves this
+/// machine's own callers, never a web page (`local`); gateway callers authenticate instead.
+fn screen<B>(snap: &Snapshot, via: &Via, req: &Request<B>) -> Result<(), ProxyError> {
+    let config = &snap.config;
+    if config.gateway {
+        return Ok(());
+    }
+    // A malformed or doubled Host is a 400 before it is a refusal.
+    inject::check_host(req.version(), req.headers()).map_err(ProxyError::InvalidRequest)?;
+    local::browser(
+        req.method(),
+        req.headers(),
+        &config.listener.allowed_origins,
+    )?;
+    let allowed = match via {
+        Via::Shared => &config.listener.allowed_hosts,
+        Via::Listener(name) => match config.apis.iter().find(|a| a.name == *name) {
+            Some(a) => &a.allowed_hosts,
+            None => return Err(ProxyError::RouteNotAllowed),
+        },
+        // Inside an intercepted tunnel the Host is the API's (checked against the CONNECT).
+        Via::Forward(_) => return Ok(()),
+    };
+    local::host(req.uri(), req.headers(), allowed)
 }
 
 /// A denial or reject for the status page (canonical path only, never the query).

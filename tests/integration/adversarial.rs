@@ -43,7 +43,7 @@ async fn path_bypass_classes_never_reach_the_upstream() {
     for t in targets {
         let out = raw(
             p.addr,
-            format!("GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {t} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
             WAIT,
         )
         .await;
@@ -54,7 +54,7 @@ async fn path_bypass_classes_never_reach_the_upstream() {
     for t in ["/v1/sandboxes/\tx", "/v1/sandboxes/\x00"] {
         let out = raw(
             p.addr,
-            format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            format!("GET {t} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
             WAIT,
         )
         .await;
@@ -63,7 +63,8 @@ async fn path_bypass_classes_never_reach_the_upstream() {
     let long_query = format!("/v1/sandboxes?q={}", "a".repeat(17 * 1024));
     let out = raw(
         p.addr,
-        format!("GET {long_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {long_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
         WAIT,
     )
     .await;
@@ -87,7 +88,7 @@ async fn methods_case_and_segment_confusion_are_denied() {
     ] {
         let out = raw(
             p.addr,
-            format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("{line} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
             WAIT,
         )
         .await;
@@ -103,7 +104,7 @@ async fn fragments_never_reach_the_upstream() {
     let p = proxy(&up, "").await;
     let out = raw(
         p.addr,
-        b"GET /v1/sandboxes#/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/sandboxes#/../admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         WAIT,
     )
     .await;
@@ -118,25 +119,25 @@ async fn fragments_never_reach_the_upstream() {
 async fn smuggling_attempts_forward_nothing_smuggled() {
     let up = Upstream::banata().await;
     let p = proxy(&up, "").await;
-    let smuggled = "GET /v1/sandboxes/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = "GET /v1/sandboxes/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let cases = [
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
         ),
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
         ),
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{smuggled}"
         ),
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5x\r\n\r\nhello{smuggled}"
         ),
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
         ),
         format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
         ),
     ];
     for (i, case) in cases.iter().enumerate() {
@@ -170,9 +171,9 @@ async fn pipelined_request_after_a_denied_one_with_an_unread_body() {
     let up = Upstream::banata().await;
     let p = proxy(&up, "").await;
     // The denied request's body is itself a request: it must never be parsed as one.
-    let inner = "GET /v1/sandboxes/from-body HTTP/1.1\r\nHost: x\r\n\r\n";
+    let inner = "GET /v1/sandboxes/from-body HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let req = format!(
-        "POST /v1/sandboxes/sb_1/exec HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{inner}GET /v1/sandboxes/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "POST /v1/sandboxes/sb_1/exec HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{inner}GET /v1/sandboxes/next HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         inner.len()
     );
     let out = raw(p.addr, req.as_bytes(), WAIT).await;
@@ -195,12 +196,12 @@ async fn bare_lf_get_with_body_and_http10_are_framed_once() {
     let p = proxy(&up, "").await;
     let out = raw(
         p.addr,
-        b"GET /v1/sandboxes HTTP/1.1\nHost: x\nConnection: close\n\n",
+        b"GET /v1/sandboxes HTTP/1.1\nHost: localhost\nConnection: close\n\n",
         WAIT,
     )
     .await;
     assert!(matches!(status_of(&out), 200 | 400), "{out}");
-    let out = raw(p.addr, b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n", WAIT).await;
+    let out = raw(p.addr, b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n", WAIT).await;
     assert_eq!(status_of(&out), 200, "{out}");
     let out = raw(p.addr, b"GET /v1/sandboxes HTTP/1.0\r\n\r\n", WAIT).await;
     assert!(
@@ -234,7 +235,7 @@ async fn request_trailers_never_reach_the_upstream() {
     }))
     .await;
     let p = proxy(&up, "").await;
-    let req = "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: authorization, x-api-key\r\nTE: trailers\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nauthorization: Bearer evil\r\nx-api-key: evil\r\n\r\n";
+    let req = "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: authorization, x-api-key\r\nTE: trailers\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nauthorization: Bearer evil\r\nx-api-key: evil\r\n\r\n";
     let out = raw(p.addr, req.as_bytes(), WAIT).await;
     assert_eq!(status_of(&out), 200, "{out}");
     assert!(out.contains("\"trailers\":[]"), "{out}");
@@ -260,7 +261,7 @@ async fn connection_header_cannot_remove_or_double_the_key() {
         "close, authorization, keep-alive",
     ] {
         let req = format!(
-            "GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\nX_Api_Key: c\r\nConnection: {conn}\r\n\r\n"
+            "GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\nX_Api_Key: c\r\nConnection: {conn}\r\n\r\n"
         );
         let out = raw(p.addr, req.as_bytes(), WAIT).await;
         assert_eq!(status_of(&out), 200, "{conn}: {out}");
@@ -284,7 +285,7 @@ async fn underscore_spelling_of_a_custom_credential_header_is_stripped() {
         "file = \"secret/api-key\"\nheader = \"x-api-key\"\nprefix = \"\"",
     );
     let p = TestProxy::start(&up, Some(KEY), &text).await;
-    let out = raw(p.addr, b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nX_Api_Key: evil\r\nx-api-key: evil2\r\nConnection: close\r\n\r\n", WAIT).await;
+    let out = raw(p.addr, b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nX_Api_Key: evil\r\nx-api-key: evil2\r\nConnection: close\r\n\r\n", WAIT).await;
     assert_eq!(status_of(&out), 401, "the mock wants Authorization: {out}");
     let r = &up.mock.requests()[0];
     assert_eq!(
@@ -303,7 +304,7 @@ async fn upgrades_are_never_tunnelled() {
     // anything else asking to switch is a plain request with its Upgrade stripped.
     for upgrade in ["h2c", "foo"] {
         let req = format!(
-            "GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            "GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         let out = raw(p.addr, req.as_bytes(), WAIT).await;
         assert_eq!(status_of(&out), 200, "{upgrade}: {out}");
@@ -321,7 +322,7 @@ async fn expect_continue_on_a_denied_route_reads_no_body() {
     let p = proxy(&up, "").await;
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"POST /v1/sandboxes/sb_1/exec HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    s.write_all(b"POST /v1/sandboxes/sb_1/exec HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(WAIT, s.read(&mut buf))
         .await
@@ -341,7 +342,7 @@ async fn header_floods_and_odd_bytes_do_not_crash() {
     let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
     let out = raw(
         p.addr,
-        format!("GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        format!("GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
         WAIT,
     )
     .await;
@@ -349,13 +350,14 @@ async fn header_floods_and_odd_bytes_do_not_crash() {
     let huge = "a".repeat(1 << 20);
     let out = raw(
         p.addr,
-        format!("GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+        format!("GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Big: {huge}\r\n\r\n")
+            .as_bytes(),
         WAIT,
     )
     .await;
     assert_eq!(status_of(&out), 431, "{}", &out[..out.len().min(200)]);
     assert!(up.mock.requests().is_empty());
-    let mut req = b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nX-Obs: caf".to_vec();
+    let mut req = b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Obs: caf".to_vec();
     req.extend_from_slice(&[0xE9, 0xFF, 0x80]);
     req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     let out = raw(p.addr, &req, WAIT).await;

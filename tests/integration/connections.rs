@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-const GET: &[u8] = b"GET /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\n\r\n";
+const GET: &[u8] = b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 fn listener(extra: &str) -> impl Fn(&str) -> String {
     let extra = extra.to_owned();
@@ -112,7 +112,7 @@ async fn a_slow_head_on_a_reused_connection_still_times_out() {
     let p = TestProxy::start(&up, Some(KEY), &text).await;
     let mut s = served(p.addr).await;
     let t = Instant::now();
-    s.write_all(b"GET /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nX-Slow: ")
+    s.write_all(b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
     let _ = until_closed(&mut s, Duration::from_secs(5)).await;
@@ -162,7 +162,7 @@ async fn malformed_chunked_body_is_a_client_error() {
     let (run, _dir) = run_binary(&up, &config_text(&up.mock.url(), ""), None).await;
     let out = raw(
         run.proxy,
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
         Duration::from_secs(5),
     )
     .await;
@@ -171,7 +171,7 @@ async fn malformed_chunked_body_is_a_client_error() {
     // A client gone mid-body (half-closed after 10 of 100 bytes) is the same mistake.
     let mut s = TcpStream::connect(run.proxy).await.unwrap();
     s.write_all(
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nContent-Length: 100\r\n\r\n0123456789",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789",
     )
     .await
     .unwrap();
@@ -232,7 +232,7 @@ async fn underscore_spellings_of_framing_and_hop_headers_are_not_forwarded() {
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
     let out = raw(
         p.addr,
-        b"POST /v1/sandboxes HTTP/1.1\r\nHost: app.local\r\nContent-Length: 2\r\nContent_Length: 40\r\nTransfer_Encoding: chunked\r\nKeep_Alive: 1\r\nProxy_Authorization: x\r\nX_Forwarded_Host: evil\r\nConnection: close\r\n\r\n{}",
+        b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent_Length: 40\r\nTransfer_Encoding: chunked\r\nKeep_Alive: 1\r\nProxy_Authorization: x\r\nX_Forwarded_Host: evil\r\nConnection: close\r\n\r\n{}",
         Duration::from_secs(5),
     )
     .await;

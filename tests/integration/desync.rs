@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const HIDDEN: &str = "DELETE /v1/sandboxes/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+const HIDDEN: &str = "DELETE /v1/sandboxes/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// Transfer-Encoding spellings the scanner tries (name, separator and value mutations).
 const MUTATIONS: [&str; 18] = [
@@ -40,11 +40,11 @@ async fn scanner_framing_mutations_never_desync() {
     let body = format!("0\r\n\r\n{HIDDEN}");
     for te in MUTATIONS {
         let cl_te = format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{te}\r\n\r\n{body}",
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n{te}\r\n\r\n{body}",
             body.len()
         );
         let te_cl = format!(
-            "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\n{te}\r\nContent-Length: 3\r\n\r\n{body}"
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n{te}\r\nContent-Length: 3\r\n\r\n{body}"
         );
         for case in [cl_te, te_cl] {
             let out = raw(p.addr, case.as_bytes(), Duration::from_secs(3)).await;

@@ -127,7 +127,7 @@ async fn refused_stream_with_a_streamed_body_is_not_replayed() {
     let up = h2_upstream(Fault::RefuseFirst).await;
     let p = proxy_for(&up).await;
     let req = Request::post("/v1/sandboxes")
-        .header("host", "app.local")
+        .header("host", "localhost")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(b"{\"image\":\"x\"}")))
         .unwrap();

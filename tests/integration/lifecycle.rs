@@ -60,8 +60,10 @@ async fn request_body_limit() {
     let big = "x".repeat(2048);
     let out = raw(
         p.addr,
-        format!("POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 2048\r\n\r\n{big}")
-            .as_bytes(),
+        format!(
+            "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2048\r\n\r\n{big}"
+        )
+        .as_bytes(),
         Duration::from_secs(3),
     )
     .await;
@@ -70,14 +72,14 @@ async fn request_body_limit() {
     assert!(up.mock.requests().is_empty());
     // Chunked, so the size shows only while streaming: never more than the cap goes out.
     let chunked = format!(
-        "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n{big}\r\n0\r\n\r\n"
+        "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n{big}\r\n0\r\n\r\n"
     );
     let out = raw(p.addr, chunked.as_bytes(), Duration::from_secs(3)).await;
     assert!(
         out.starts_with("HTTP/1.1 413") || out.starts_with("HTTP/1.1 201"),
         "{out}"
     );
-    let small = raw(p.addr, b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", Duration::from_secs(3)).await;
+    let small = raw(p.addr, b"POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", Duration::from_secs(3)).await;
     assert!(small.starts_with("HTTP/1.1 201"), "{small}");
     p.stop().await;
 }
@@ -105,7 +107,7 @@ async fn stalled_response_stream_is_cut_after_the_idle_timeout() {
     let t = Instant::now();
     let out = raw(
         p.addr,
-        b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n\r\n",
         Duration::from_secs(10),
     )
     .await;
@@ -134,7 +136,7 @@ async fn upstream_reset_after_headers_aborts_the_client_connection() {
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
     let out = raw(
         p.addr,
-        b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n\r\n",
         Duration::from_secs(5),
     )
     .await;
@@ -159,7 +161,7 @@ async fn slowloris_headers_are_cut_off() {
     let t = Instant::now();
     let out = raw(
         p.addr,
-        b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b"GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nX-Slow: ",
         Duration::from_secs(10),
     )
     .await;

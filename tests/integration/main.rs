@@ -19,6 +19,7 @@ mod h2_faults;
 mod h2_hpack;
 mod least_privilege;
 mod lifecycle;
+mod local;
 mod pooling;
 mod proxy;
 mod rotation;

@@ -106,7 +106,7 @@ async fn auto_multiplexes_a_burst_over_http2() {
                 tokio::spawn(async move {
                     if big {
                         let req = Request::post("/v1/sandboxes")
-                            .header("host", "app.local")
+                            .header("host", "localhost")
                             .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 2 << 20])))
                             .unwrap();
                         send(addr, req).await.status
@@ -195,7 +195,7 @@ async fn a_long_stream_never_holds_up_the_next_request() {
     let p = TestProxy::start(&up, Some(KEY), &with_protocol(&up.mock.url(), "http1")).await;
     let mut sender = connect_h1(p.addr).await;
     let req = Request::get("/v1/sandboxes/sb_1")
-        .header("host", "x")
+        .header("host", "localhost")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
@@ -249,7 +249,7 @@ async fn auto_sends_large_uploads_over_http1() {
         assert_eq!(version(&small), "HTTP/2.0", "{protocol}");
         let upload = |len: usize| {
             Request::post("/v1/sandboxes")
-                .header("host", "app.local")
+                .header("host", "localhost")
                 .body(http_body_util::Full::new(Bytes::from(vec![b'x'; len])))
                 .unwrap()
         };

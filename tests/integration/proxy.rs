@@ -168,7 +168,7 @@ async fn malformed_targets_are_rejected_over_raw_tcp() {
         (format!("GET {long} HTTP/1.1"), "414", "uri_too_long"),
     ];
     for (line, status, needle) in cases {
-        let req = format!("{line}\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!("{line}\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let out = raw(p.addr, req.as_bytes(), Duration::from_secs(5)).await;
         let first = out.lines().next().unwrap_or_default();
         assert!(
@@ -189,7 +189,7 @@ async fn malformed_targets_are_rejected_over_raw_tcp() {
 async fn bad_transfer_encoding_is_rejected() {
     let up = Upstream::banata().await;
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
-    let req = "POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n";
+    let req = "POST /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n0\r\n\r\n";
     let out = raw(p.addr, req.as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(up.mock.requests().is_empty());

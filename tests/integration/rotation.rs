@@ -411,7 +411,7 @@ async fn an_upstream_401_rereads_the_key_and_replays_once() {
     let body = http::Request::builder()
         .method("POST")
         .uri("/v1/sandboxes")
-        .header("host", "x")
+        .header("host", "localhost")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(
             b"{\"a\":1}",
         )))
@@ -510,7 +510,7 @@ async fn a_401_to_a_request_with_a_body_rereads_the_key() {
     let body = http::Request::builder()
         .method("POST")
         .uri("/v1/sandboxes")
-        .header("host", "x")
+        .header("host", "localhost")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
     assert_eq!(

@@ -223,10 +223,10 @@ async fn each_scheme_puts_exactly_one_credential_in_its_place() {
         let r = get(p.addr, path).await;
         assert_eq!(r.status, 200, "{path}: {:?}", r.body);
         // Links take the key back out and stay behind sidekey.
-        assert_eq!(r.headers["location"], "http://app.local/telegram/moved");
+        assert_eq!(r.headers["location"], "http://localhost/telegram/moved");
         assert_eq!(
             r.headers["content-location"],
-            "http://app.local/telegram/here"
+            "http://localhost/telegram/here"
         );
     }
     let r = get(p.addr, "/telegram/file/botX/photos/a.jpg").await;

@@ -43,7 +43,7 @@ async fn sse_events_arrive_before_the_stream_ends() {
     let p = TestProxy::start(&up, Some(KEY), &config_text(&up.mock.url(), "")).await;
     let mut sender = connect_h1(p.addr).await;
     let req = Request::get("/v1/sandboxes/sb_1/events")
-        .header("host", "x")
+        .header("host", "localhost")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
@@ -97,7 +97,7 @@ async fn uploads_stream_to_the_upstream() {
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(1);
     let mut sender = connect_h1(p.addr).await;
     let req = Request::post("/v1/sandboxes")
-        .header("host", "x")
+        .header("host", "localhost")
         .body(body)
         .unwrap();
     let pending = tokio::spawn(async move { sender.send_request(req).await });

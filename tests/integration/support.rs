@@ -244,7 +244,7 @@ pub async fn request(
     let mut b = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "app.local");
+        .header("host", "localhost");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

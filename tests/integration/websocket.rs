@@ -236,7 +236,7 @@ async fn open_gauge(p: &TestProxy, caller: &str) -> f64 {
 /// Sends a raw handshake and returns the head of what came back.
 async fn raw_handshake(addr: SocketAddr, path: &str, extra: &str) -> String {
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     );
     raw(addr, req.as_bytes(), Duration::from_millis(500)).await
 }
@@ -250,7 +250,8 @@ async fn echoes_text_and_binary_with_the_key_on_the_handshake_only() {
         "/v1/sandboxes/sb_1/terminal",
         &[
             ("authorization", "Bearer caller-token"),
-            ("origin", "https://app.example"),
+            // A loopback page's origin (a foreign one is refused: see browser tests).
+            ("origin", "http://localhost:3000"),
             (
                 "sec-websocket-protocol",
                 "chat, openai-insecure-api-key.sk-caller, base64url.bearer.authorization.k8s.io.dG9r",
@@ -279,7 +280,7 @@ async fn echoes_text_and_binary_with_the_key_on_the_handshake_only() {
     let h = &seen[0];
     assert_eq!(h["authorization"], format!("Bearer {KEY}"));
     assert_eq!(h.get_all("authorization").iter().count(), 1);
-    assert_eq!(h["origin"], "https://app.example");
+    assert_eq!(h["origin"], "http://localhost:3000");
     assert_eq!(h["sec-websocket-protocol"], "chat");
     assert_eq!(h["sec-websocket-version"], "13");
     assert!(h.contains_key("sec-websocket-key"));
@@ -345,7 +346,7 @@ async fn routes_without_websocket_refuse_and_send_nothing() {
     let out = raw_handshake(p.addr, "/v1/other", "").await;
     assert!(out.contains("\"route_not_allowed\""), "{out}");
     // A broken handshake: 400.
-    let out = raw(p.addr, b"GET /v1/sandboxes/sb_1/terminal HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n", Duration::from_millis(500)).await;
+    let out = raw(p.addr, b"GET /v1/sandboxes/sb_1/terminal HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n", Duration::from_millis(500)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("invalid_websocket_key"), "{out}");
     assert_eq!(
