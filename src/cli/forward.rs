@@ -174,9 +174,22 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
         unknown_hosts: UnknownHosts::Deny,
         tunnel: Vec::new(),
         trust_dir: None,
+        session_token_sha256: None,
     });
+    // The child's access is a capability: a 256-bit token for this run, in its proxy URL
+    // (sent as Proxy-Authorization) and as its placeholder keys. Another local process that
+    // finds the port has no token and gets 407.
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw[..]).is_err() {
+        let _ = writeln!(err, "error: no randomness for the session token");
+        return 1;
+    }
+    let token: zeroize::Zeroizing<String> =
+        zeroize::Zeroizing::new(raw.iter().map(|b| format!("{b:02x}")).collect());
+    use sha2::Digest as _;
     c.forward_proxy = Some(ForwardProxy {
         address: loopback,
+        session_token_sha256: Some(sha2::Sha256::digest(token.as_bytes()).into()),
         ..fp
     });
     let ca = match InterceptCa::ephemeral(&hosts(&c)) {
@@ -229,9 +242,10 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
         command.env_remove(var);
     }
     for var in &placeholders {
-        command.env(var, "sidekey-placeholder-not-a-key");
+        command.env(var, token.as_str());
     }
-    for (name, value) in variables(&addr.to_string(), &ca_file, &bundle) {
+    let proxy = format!("sidekey:{}@{addr}", token.as_str());
+    for (name, value) in variables(&proxy, &ca_file, &bundle) {
         command.env(name, value);
     }
     let status = match command.spawn() {

@@ -22,6 +22,9 @@ pub struct ForwardProxy {
     pub tunnel: Vec<(String, u16)>,
     /// Where `ca.crt` and `bundle.pem` are written for the app to trust (a shared volume).
     pub trust_dir: Option<PathBuf>,
+    /// `sidekey exec` only (never from a file): SHA-256 of the run's session token, which
+    /// every proxy request must carry in `Proxy-Authorization`.
+    pub session_token_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,6 +183,7 @@ pub(super) fn forward_proxy(
         unknown_hosts,
         tunnel,
         trust_dir: raw.trust_dir.as_ref().map(|d| ctx.dir.join(d.get_ref())),
+        session_token_sha256: None,
     }))
 }
 

@@ -184,11 +184,27 @@ def main():
         script = os.path.join(work, "script.py")
         with open(script, "w") as f:
             f.write(
-                "import os, openai\n"
-                "assert os.environ['OPENAI_API_KEY'] == 'sidekey-placeholder-not-a-key'\n"
+                "import os, urllib.parse, openai, requests\n"
+                "proxy = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n"
+                "token = proxy.password\n"
+                "assert proxy.username == 'sidekey' and token and len(token) == 64, proxy\n"
+                "assert os.environ['OPENAI_API_KEY'] == token\n"
                 f"assert not any('{KEY}' in v for v in os.environ.values())\n"
                 "c = openai.OpenAI(max_retries=0)\n"
                 "assert [m.id for m in c.models.list()] == ['gpt-mock']\n"
+                "# Another process that finds the port but holds no token: 407, nothing sent.\n"
+                "bare = f'http://{proxy.hostname}:{proxy.port}'\n"
+                "try:\n"
+                "    requests.get('https://api.openai.com/v1/models', proxies={'https': bare}, timeout=10)\n"
+                "    raise SystemExit('served without the session token')\n"
+                "except requests.exceptions.ProxyError as e:\n"
+                "    assert '407' in str(e), e\n"
+                "wrong = f'http://sidekey:{\"0\" * 64}@{proxy.hostname}:{proxy.port}'\n"
+                "try:\n"
+                "    requests.get('https://api.openai.com/v1/models', proxies={'https': wrong}, timeout=10)\n"
+                "    raise SystemExit('served with a wrong session token')\n"
+                "except requests.exceptions.ProxyError as e:\n"
+                "    assert '407' in str(e), e\n"
                 "print('exec ok')\n"
             )
         r = run([binary, "exec", "--config", path, "--", sys.executable, script], os.environ.copy())
@@ -197,7 +213,7 @@ def main():
         assert len(mock.seen) == before + 1 and last.get("authorization") == f"Bearer {KEY}", last
         r = run([binary, "exec", "--config", path, "--", sys.executable, "-c", "raise SystemExit(7)"], os.environ.copy())
         assert r.returncode == 7, r
-        print("sidekey exec -- python3 script.py (ephemeral CA, placeholder key, exit status): ok")
+        print("sidekey exec -- python3 script.py (ephemeral CA, session token as proxy credential and placeholder key, a process without it refused 407, exit status): ok")
     print("forward clients: all passed")
 
 

@@ -258,6 +258,22 @@ pub async fn handle(
     // tunnel (it is stripped with every caller credential and never sent upstream).
     // One snapshot decides the CONNECT (or absolute-form) request.
     let snap = fwd.shared.load();
+    // `sidekey exec`: only the child, which holds this run's session token, may use the proxy.
+    let session = snap
+        .config
+        .forward_proxy
+        .as_ref()
+        .and_then(|f| f.session_token_sha256);
+    if let Some(want) = session {
+        use sha2::Digest as _;
+        let held = super::caller::proxy_token(req.headers()).is_some_and(|t| {
+            super::caller::constant_time_eq(&sha2::Sha256::digest(&t[..]).into(), &want)
+        });
+        if !held {
+            let e = ProxyError::ProxyAuthRequired("session_token_required");
+            return Ok(refuse(&e, &request_id));
+        }
+    }
     let caller = {
         if snap.config.gateway {
             let found = super::caller::proxy_token(req.headers())
