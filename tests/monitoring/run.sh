@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Monitoring checks: promtool over the alerting rules and their unit tests, a real Prometheus
 # server scraping a running sidekey (test_prometheus.py), and the admin status page in
-# headless Chromium (test_status_page.py). Installs Prometheus and Chromium from Debian's
+# headless Chromium (test_status_page.py), and DNS rebinding refused in that browser
+# (test_rebinding.py). Installs Prometheus and Chromium from Debian's
 # packages when they are missing (idempotent).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -23,3 +24,4 @@ if [ -z "${SIDEKEY_BIN:-}" ]; then
 fi
 python3 "$root/tests/monitoring/test_prometheus.py" "$bin" "$(command -v prometheus)" "$root"
 python3 "$root/tests/monitoring/test_status_page.py" "$bin" "$(command -v chromium)"
+python3 "$root/tests/monitoring/test_rebinding.py" "$bin" "$(command -v chromium)"
