@@ -10,3 +10,4 @@ pub mod state;
 pub mod tls;
 pub mod token;
 mod verify;
+mod watch;

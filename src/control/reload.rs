@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::telemetry;
 
 use super::compose::optional_client_cert;
 pub use super::compose::{compose, first_credentials, listener_tls};
+use super::watch::{counts, watch_dirs};
 
 /// Longest wait for forced token refreshes after a 401 (the replay waits for the re-read).
 const TOKEN_WAIT: Duration = Duration::from_millis(400);
@@ -128,44 +129,6 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         reloader.shared.reread_done();
         reloader.ensure_watches(watcher.as_mut());
     }
-}
-
-/// The directories to watch for one file: its own, and the one its symlinks resolve to. A
-/// Secret volume's `api-key` is a symlink into `..data/`, itself a symlink to the current
-/// `..<timestamp>/` directory: a rewrite in place through the link (`echo new > api-key`, a
-/// bind-mounted file edited on a laptop) only shows up as an event in that last directory.
-fn watch_dirs(file: &Path) -> Vec<PathBuf> {
-    let parent = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let resolved = std::fs::canonicalize(file)
-        .ok()
-        .and_then(|real| real.parent().map(Path::to_path_buf))
-        .filter(|real| std::fs::canonicalize(&parent).ok().as_ref() != Some(real));
-    std::iter::once(parent).chain(resolved).collect()
-}
-
-/// Whether a watcher event should trigger a re-read. Only changes count: notify also reports
-/// opens and reads, and our own re-read opens every file it depends on, so counting those
-/// turned each pass into the next one's trigger (a re-read every `debounce`, forever). And
-/// only events about our files, or about kubelet's `..data` / `..<timestamp>` entries: a log
-/// file written into the same directory must not turn every log line into a reload (and
-/// every reload's log line into an event).
-fn counts(event: &notify::Event, names: &[OsString]) -> bool {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
-    let change = match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    };
-    change
-        && event
-            .paths
-            .iter()
-            .filter_map(|p| p.file_name())
-            .any(|n| n.as_encoded_bytes().starts_with(b"..") || names.iter().any(|w| w == n))
 }
 
 struct Reloader {
@@ -515,6 +478,7 @@ fn unreloadable(old: &Config, new: &Config) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn gateway(dir: &Path, rate: &str) -> Arc<Config> {
         let hash = crate::proxy::caller::token_sha256("t");

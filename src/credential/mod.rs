@@ -16,6 +16,7 @@ pub mod mint;
 mod path;
 mod query;
 mod source;
+mod spec;
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,154 +27,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 pub use source::{Source, looks_like_subpath_mount};
-
-use crate::policy::template::PathTemplate;
+pub use spec::{MAX_DOCUMENT_LEN, Part, Scheme, Spec};
 
 /// Longest part accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 4096;
-
-/// Where the credential goes in a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// One header, `<prefix><key>` (the default: `Authorization: Bearer <key>`).
-    Header { header: HeaderName, prefix: String },
-    /// `Authorization: Basic base64(username:password)`.
-    Basic,
-    /// One query parameter.
-    Query { param: String },
-    /// A path template in front of the checked path; several for APIs with several.
-    Path { templates: Arc<[PathTemplate]> },
-    /// Several headers, one part each (the parts are named after the headers).
-    Headers { names: Vec<HeaderName> },
-    /// `Authorization: Bearer <token>` with a token sidekey mints from the parts (a client
-    /// secret or a private key) at a token endpoint, off the request path.
-    Minted(Arc<mint::Mint>),
-}
-
-impl Scheme {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Header { .. } => "header",
-            Self::Basic => "basic",
-            Self::Query { .. } => "query",
-            Self::Path { .. } => "path",
-            Self::Headers { .. } => "headers",
-            Self::Minted(m) => m.name(),
-        }
-    }
-
-    /// Where the key goes, for `explain` and `check` (never a value).
-    pub fn placement(&self) -> String {
-        match self {
-            Self::Header { header, prefix } if prefix.is_empty() => format!("header {header}"),
-            Self::Header { header, prefix } => format!("header {header}: {prefix}<key>"),
-            Self::Basic => "authorization: Basic".to_owned(),
-            Self::Query { param } => format!("query param {param}"),
-            Self::Path { templates } => {
-                let list: Vec<&str> = templates.iter().map(PathTemplate::as_str).collect();
-                format!("path {}", list.join(" | "))
-            }
-            Self::Headers { names } => {
-                let list: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
-                format!("headers {}", list.join(", "))
-            }
-            Self::Minted(m) => format!("authorization: Bearer <token minted by {}>", m.name()),
-        }
-    }
-
-    /// The minting settings of a token scheme.
-    pub fn mint(&self) -> Option<&Arc<mint::Mint>> {
-        match self {
-            Self::Minted(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The path templates, for the allow-list to drop a client's placeholder copy.
-    pub fn templates(&self) -> Option<&Arc<[PathTemplate]>> {
-        match self {
-            Self::Path { templates } => Some(templates),
-            _ => None,
-        }
-    }
-}
-
-/// One named part of a credential (`key`; `username`, `password`; a header name).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Part {
-    pub name: Arc<str>,
-    pub source: Source,
-}
-
-/// Longest document part (a PEM key, a service-account JSON key file).
-pub const MAX_DOCUMENT_LEN: usize = 64 * 1024;
-
-impl Part {
-    /// A document (PEM, JSON) rather than a header-safe key: read as it is, bounded.
-    pub fn is_document(&self) -> bool {
-        matches!(&*self.name, "key_file" | "private_key")
-    }
-
-    /// Reads the part: a key trimmed and checked, a document as it is (bounded, UTF-8).
-    pub fn read(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let raw = self.source.read()?;
-        if self.is_document() {
-            if raw.trim_ascii().is_empty() {
-                return Err(KeyError::Empty);
-            }
-            if raw.len() > MAX_DOCUMENT_LEN || std::str::from_utf8(&raw).is_err() {
-                return Err(KeyError::InvalidChar);
-            }
-            return Ok(raw);
-        }
-        validate_key(&raw).map(|k| Zeroizing::new(k.to_vec()))
-    }
-}
-
-/// A validated credential config: its scheme and its parts, in the scheme's order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Spec {
-    pub scheme: Scheme,
-    pub parts: Vec<Part>,
-}
-
-impl Spec {
-    /// The common case: one key, one header.
-    pub fn header(source: Source, header: HeaderName, prefix: impl Into<String>) -> Self {
-        Self {
-            scheme: Scheme::Header {
-                header,
-                prefix: prefix.into(),
-            },
-            parts: vec![Part {
-                name: Arc::from("key"),
-                source,
-            }],
-        }
-    }
-
-    /// Reads every part (a minted scheme's secret inputs), one error naming the part.
-    pub fn read_parts(&self) -> Result<Vec<Zeroizing<Vec<u8>>>, KeyError> {
-        let several = self.parts.len() > 1;
-        self.parts
-            .iter()
-            .map(|p| {
-                p.read().map_err(|e| match several {
-                    true => KeyError::Part {
-                        part: p.name.to_string(),
-                        error: Box::new(e),
-                    },
-                    false => e,
-                })
-            })
-            .collect()
-    }
-
-    /// Every file a part is read from (watched for changes).
-    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
-        self.parts.iter().filter_map(|p| p.source.file())
-    }
-}
 
 /// Why no credential could be loaded. Never carries key material.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -254,6 +111,58 @@ pub struct TokenInfo {
     pub fingerprint: String,
     pub fetched_at: SystemTime,
     pub expires_at: SystemTime,
+}
+
+/// What identifies a loaded credential: each part's fingerprint, the credential's, a digest
+/// over everything (a reload that changes nothing keeps the old one), the first secret
+/// part's source kind.
+struct Identity {
+    parts: Vec<PartInfo>,
+    fingerprint: String,
+    digest: [u8; 32],
+    source: &'static str,
+}
+
+impl Identity {
+    /// `values` in the spec's part order; `token`: a minted token (in the digest only).
+    fn of(spec: &Spec, values: &[&[u8]], token: Option<&[u8]>) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(spec.scheme.name());
+        let mut parts = Vec::with_capacity(spec.parts.len());
+        for (part, v) in spec.parts.iter().zip(values) {
+            hasher.update((v.len() as u64).to_be_bytes());
+            hasher.update(v);
+            parts.push(PartInfo {
+                name: part.name.clone(),
+                source: part.source.as_str(),
+                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
+            });
+        }
+        if let Some(t) = token {
+            hasher.update(t);
+        }
+        let secret: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p.fingerprint.as_deref())
+            .collect();
+        // One secret part: its own fingerprint (what `sidekey fingerprint FILE` prints).
+        // Several: a fingerprint over theirs, so any part's rotation shows.
+        let fingerprint = match secret.as_slice() {
+            [one] => (*one).to_owned(),
+            many => fingerprint(many.join(":").as_bytes()),
+        };
+        let source = spec
+            .parts
+            .iter()
+            .find(|p| p.source.is_secret())
+            .map_or("config", |p| p.source.as_str());
+        Self {
+            parts,
+            fingerprint,
+            digest: hasher.finalize().into(),
+            source,
+        }
+    }
 }
 
 /// The ready-to-send form.
@@ -349,42 +258,19 @@ impl Credential {
             // Minted by `control::token`, never loaded from the parts directly.
             Scheme::Minted(_) => return Err(KeyError::Minted),
         };
-        let mut hasher = Sha256::new();
-        hasher.update(spec.scheme.name());
-        let mut parts = Vec::with_capacity(spec.parts.len());
-        for (i, part) in spec.parts.iter().enumerate() {
-            let v = value(i)?;
-            hasher.update((v.len() as u64).to_be_bytes());
-            hasher.update(v);
-            parts.push(PartInfo {
-                name: part.name.clone(),
-                source: part.source.as_str(),
-                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
-            });
+        let mut checked = Vec::with_capacity(spec.parts.len());
+        for i in 0..spec.parts.len() {
+            checked.push(value(i)?);
         }
-        let secret: Vec<&str> = parts
-            .iter()
-            .filter_map(|p| p.fingerprint.as_deref())
-            .collect();
-        // One secret part: its own fingerprint (what `sidekey fingerprint FILE` prints).
-        // Several: a fingerprint over theirs, so any part's rotation shows.
-        let fp = match secret.as_slice() {
-            [one] => (*one).to_owned(),
-            many => fingerprint(many.join(":").as_bytes()),
-        };
-        let source = spec
-            .parts
-            .iter()
-            .find(|p| p.source.is_secret())
-            .map_or("config", |p| p.source.as_str());
+        let id = Identity::of(spec, &checked, None);
         Ok(Self {
             scheme: spec.scheme.name(),
             form,
             stripped,
-            parts,
-            fingerprint: fp,
-            digest: hasher.finalize().into(),
-            source,
+            parts: id.parts,
+            fingerprint: id.fingerprint,
+            digest: id.digest,
+            source: id.source,
             loaded_at: SystemTime::now(),
             token: None,
         })
@@ -401,40 +287,16 @@ impl Credential {
         lifetime: std::time::Duration,
     ) -> Result<Self, KeyError> {
         let value = header::value("Bearer ", validate_key(token.as_bytes())?)?;
-        let mut hasher = Sha256::new();
-        hasher.update(spec.scheme.name());
-        let mut infos = Vec::with_capacity(spec.parts.len());
-        for (part, v) in spec.parts.iter().zip(parts) {
-            hasher.update((v.len() as u64).to_be_bytes());
-            hasher.update(v.as_slice());
-            infos.push(PartInfo {
-                name: part.name.clone(),
-                source: part.source.as_str(),
-                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
-            });
-        }
-        hasher.update(token.as_bytes());
-        let secret: Vec<&str> = infos
-            .iter()
-            .filter_map(|p| p.fingerprint.as_deref())
-            .collect();
-        let fp = match secret.as_slice() {
-            [one] => (*one).to_owned(),
-            many => fingerprint(many.join(":").as_bytes()),
-        };
-        let source = spec
-            .parts
-            .iter()
-            .find(|p| p.source.is_secret())
-            .map_or("config", |p| p.source.as_str());
+        let inputs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let id = Identity::of(spec, &inputs, Some(token.as_bytes()));
         Ok(Self {
             scheme: spec.scheme.name(),
             form: Form::Headers(vec![(http::header::AUTHORIZATION, value)]),
             stripped: Vec::new(),
-            parts: infos,
-            fingerprint: fp,
-            digest: hasher.finalize().into(),
-            source,
+            parts: id.parts,
+            fingerprint: id.fingerprint,
+            digest: id.digest,
+            source: id.source,
             loaded_at: fetched_at,
             token: Some(TokenInfo {
                 fingerprint: fingerprint(token.as_bytes()),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::template::PathTemplate;
 
 fn spec(scheme: Scheme, parts: &[&str]) -> Spec {
     Spec {
