@@ -7,15 +7,13 @@ api.openai.com on loopback (reached with `connect_to`: no DNS, no network). Then
 Run by tests/clients/run.sh; needs the sidekey binary as argv[1].
 """
 
-import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
-import time
 
-from test_sdks import Mock, mint
+from test_sdks import Mock, mint, run_until
 
 KEY = "sk-openai-forward-0001"
 JUNK = "caller-junk-not-a-key"
@@ -49,24 +47,8 @@ allow = ["openai/models:read", "openai/chat"]
 
 
 def start(binary, path, log_path):
-    log = open(log_path, "w+")
-    proc = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RUST_LOG": "info"})
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        log.seek(0)
-        for line in log:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "forward proxy bound":
-                return proc, event["forward_proxy"], log
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    log.seek(0)
-    raise SystemExit("sidekey did not start:\n" + log.read())
+    proc, event, log = run_until(binary, path, log_path, "forward proxy bound")
+    return proc, event["forward_proxy"], log
 
 
 def env_of(binary, path):

@@ -10,15 +10,13 @@ Run by tests/clients/run.sh; needs the sidekey binary as argv[1].
 
 import asyncio
 import base64
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 
-from test_sdks import Mock, mint
+from test_sdks import Mock, mint, run_until
 
 SECRETS = {
     "twilio": "tw_auth_token_real_0001",
@@ -100,24 +98,8 @@ allow = ["twilio/messages:send", "telegram/bot:read", "datadog/validate", "maps/
 
 
 def start(binary, path, log_path):
-    log = open(log_path, "w+")
-    proc = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RUST_LOG": "info"})
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        log.seek(0)
-        for line in log:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "sidekey bound":
-                return proc, event["listener"], log
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    log.seek(0)
-    raise SystemExit("sidekey did not start:\n" + log.read())
+    proc, event, log = run_until(binary, path, log_path, "sidekey bound")
+    return proc, event["listener"], log
 
 
 def headers_of(mock):

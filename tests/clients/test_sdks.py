@@ -176,6 +176,29 @@ class Mock:
         req.wfile.flush()
 
 
+def run_until(binary, path, log_path, message):
+    """Starts `sidekey run --config path` logging JSON to `log_path`; returns the process, the
+    first log event whose message is `message`, and the log file."""
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "RUST_LOG": "info"})
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        log.seek(0)
+        for line in log:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("message") == message:
+                return proc, event, log
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    log.seek(0)
+    raise SystemExit("sidekey did not start:\n" + log.read())
+
+
 def start_sidekey(binary, work, mocks):
     for name, key in KEYS.items():
         with open(os.path.join(work, f"{name}.key"), "w") as f:

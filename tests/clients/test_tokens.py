@@ -18,14 +18,13 @@ import datetime
 import json
 import os
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 
-from test_sdks import Mock, mint
+from test_sdks import Mock, mint, run_until
 
 SECRETS = {"basic": "cs_basic_real_0001", "post": "cs_post_real_0002"}
 TTL = 3
@@ -177,24 +176,8 @@ def rsa_pem():
 
 
 def start(binary, path, log_path):
-    log = open(log_path, "w+")
-    proc = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RUST_LOG": "info"})
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        log.seek(0)
-        for line in log:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "sidekey bound":
-                return proc, event["listener"], event.get("admin"), log
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    log.seek(0)
-    raise SystemExit("sidekey did not start:\n" + log.read())
+    proc, event, log = run_until(binary, path, log_path, "sidekey bound")
+    return proc, event["listener"], event.get("admin"), log
 
 
 def main():
