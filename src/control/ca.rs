@@ -227,15 +227,20 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// The CA key: a regular file, not a symlink, readable by its owner only.
+/// The CA key: a regular file readable by its owner only. The one symlink accepted is a
+/// Kubernetes Secret volume's own layout (so the whole volume can be mounted and a new CA
+/// arrives as a `..data` swap; a `subPath` mount never sees an update): `NAME -> ..data/NAME`
+/// in the same directory, `..data -> ..<timestamp>` beside it, and there a regular file.
 fn check_key_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(path)
+    let mut meta = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if meta.file_type().is_symlink() {
-        return Err(format!(
-            "{} is a symlink: the CA key must be a regular file (mount a Secret with subPath)",
-            path.display()
-        ));
+        meta = secret_volume_target(path).map_err(|why| {
+            format!(
+                "{} is a symlink ({why}): the CA key must be a regular file, or a Secret volume's own `..data` link",
+                path.display()
+            )
+        })?;
     }
     #[cfg(unix)]
     {
@@ -249,6 +254,33 @@ fn check_key_file(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The regular file behind a Secret volume's `NAME -> ..data/NAME` link (see
+/// [`check_key_file`]); anything else is refused, saying why.
+fn secret_volume_target(path: &Path) -> Result<std::fs::Metadata, &'static str> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("no directory");
+    };
+    let link = std::fs::read_link(path).map_err(|_| "unreadable link")?;
+    if link != Path::new("..data").join(name) {
+        return Err("not a link to ..data/ beside it");
+    }
+    let data = std::fs::read_link(dir.join("..data")).map_err(|_| "no ..data link beside it")?;
+    let mut parts = data.components();
+    let one_dot_dir = match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(c)), None) => c.to_string_lossy().starts_with(".."),
+        _ => false,
+    };
+    if !one_dot_dir {
+        return Err("..data does not name a ..<timestamp> directory beside it");
+    }
+    let target = dir.join(&data).join(name);
+    let meta = std::fs::symlink_metadata(&target).map_err(|_| "the target is missing")?;
+    if !meta.file_type().is_file() {
+        return Err("the target is not a regular file");
+    }
+    Ok(meta)
 }
 
 /// `sidekey ca init`: writes `ca.crt` (0644) and `ca.key` (0600, created new) into `dir`;
@@ -307,4 +339,84 @@ pub fn bundle(ca_pem: &str) -> String {
     }
     out.push_str(ca_pem);
     out
+}
+
+#[cfg(test)]
+mod secret_volume_tests {
+    use super::*;
+
+    /// Writes `files` as kubelet does into `dir`: a `..<ts>` directory, `..data` pointing at
+    /// it, and `NAME -> ..data/NAME` links (made once).
+    fn kubelet_write(dir: &Path, ts: &str, files: &[(&str, &str)]) {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let versioned = dir.join(ts);
+        std::fs::create_dir_all(&versioned).unwrap();
+        for (name, text) in files {
+            let p = versioned.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(Path::new("..data").join(name), &link).unwrap();
+            }
+        }
+        // The atomic swap: a new link renamed over `..data`.
+        let tmp = dir.join("..data_tmp");
+        symlink(ts, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    }
+
+    #[test]
+    fn a_secret_volume_ca_loads_and_a_kubelet_swap_is_seen() {
+        let base = std::env::temp_dir().join(format!("sidekey-ca-vol-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (made, dir) = (base.join("made"), base.join("vol"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = |sub: &str| {
+            let d = made.join(sub);
+            init(
+                &d,
+                &["api.example.test".to_owned()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+            (
+                std::fs::read_to_string(d.join("ca.crt")).unwrap(),
+                std::fs::read_to_string(d.join("ca.key")).unwrap(),
+            )
+        };
+        let files = CaFiles {
+            cert: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+        };
+        let (c1, k1) = read("one");
+        kubelet_write(
+            &dir,
+            "..2026_12_07_09_00_00.1",
+            &[("ca.crt", &c1), ("ca.key", &k1)],
+        );
+        let first = InterceptCa::load(&files).unwrap();
+        let (c2, k2) = read("two");
+        kubelet_write(
+            &dir,
+            "..2026_12_07_09_05_00.2",
+            &[("ca.crt", &c2), ("ca.key", &k2)],
+        );
+        let second = InterceptCa::load(&files).unwrap();
+        assert_ne!(first.fingerprint, second.fingerprint, "the swap is seen");
+
+        // Other symlinks stay refused: elsewhere, or a target readable by others.
+        let stray = base.join("stray.key");
+        std::fs::write(&stray, &k1).unwrap();
+        let elsewhere = dir.join("other.key");
+        std::os::unix::fs::symlink(&stray, &elsewhere).unwrap();
+        let e = check_key_file(&elsewhere).unwrap_err();
+        assert!(e.contains("not a link to ..data/"), "{e}");
+        use std::os::unix::fs::PermissionsExt as _;
+        let current = dir.join("..2026_12_07_09_05_00.2").join("ca.key");
+        std::fs::set_permissions(&current, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_key_file(&files.key).unwrap_err();
+        assert!(e.contains("readable by group or others"), "{e}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
