@@ -59,6 +59,9 @@ fn failure_of(e: &redis::RedisError) -> Failure {
     }
 }
 
+/// How often an idle sidekey probes a Redis that is down.
+const IDLE_PROBE: Duration = Duration::from_millis(500);
+
 /// The live Redis side of the shared limits: built from the settings and the password read
 /// at that time, replaced (not mutated) when either changes.
 pub struct SharedLimiter {
@@ -143,20 +146,32 @@ impl SharedLimiter {
     }
 
     /// Connects and loads the script in the background, so that the first decision is one
-    /// round trip and the status page shows the health before any traffic. (Outside a
-    /// runtime, as in `check`, nothing is started.)
+    /// round trip and the status page shows the health before any traffic; then, while Redis
+    /// is down, keeps probing it (every `IDLE_PROBE`), so the health gauge and its alert clear
+    /// by themselves and sharing is back before the traffic is. The task ends with the
+    /// limiter (a reload that replaces it). (Outside a runtime, as in `check`, nothing is
+    /// started.)
     pub fn warm(self: &std::sync::Arc<Self>) {
         let (Some(conn), Ok(rt)) = (&self.conn, tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let (mut conn, me) = (conn.clone(), std::sync::Arc::downgrade(self));
+        let (mut conn, weak) = (conn.clone(), std::sync::Arc::downgrade(self));
         rt.spawn(async move {
-            let Some(me) = me.upgrade() else { return };
-            let load = me.script.load_async(&mut conn);
-            match tokio::time::timeout(Duration::from_secs(5), load).await {
-                Ok(Ok(_)) => me.health.succeeded(),
-                Ok(Err(e)) => me.failed(failure_of(&e)),
-                Err(_) => me.failed(Failure::Timeout),
+            let mut first = true;
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                if first || !me.health.healthy() {
+                    let load = me.script.load_async(&mut conn);
+                    match tokio::time::timeout(Duration::from_secs(5), load).await {
+                        Ok(Ok(_)) => me.health.succeeded(),
+                        Ok(Err(e)) => me.failed(failure_of(&e)),
+                        Err(_) => me.failed(Failure::Timeout),
+                    }
+                }
+                first = false;
+                // Never hold the limiter across the wait: a reload must be able to drop it.
+                drop(me);
+                tokio::time::sleep(IDLE_PROBE).await;
             }
         });
     }
