@@ -35,6 +35,9 @@ pub const CREDENTIAL_VERIFICATIONS_TOTAL: &str = "sidekey_credential_verificatio
 pub const TOKEN_FETCHES_TOTAL: &str = "sidekey_token_fetches_total";
 /// When the current minted token expires (Unix seconds): `api`, `credential`.
 pub const TOKEN_EXPIRY_TIMESTAMP_SECONDS: &str = "sidekey_token_expiry_timestamp_seconds";
+/// A credential an upstream echoed, taken out of a response: `api`, `credential`, `where`
+/// (header).
+pub const KEY_ECHOES_TOTAL: &str = "sidekey_key_echoes_total";
 /// Config reload attempts that found a change or failed: `result` (ok, invalid, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "sidekey_config_reloads_total";
 /// Listener certificate reloads that found a change or failed: `result` (ok, invalid).
@@ -144,6 +147,10 @@ fn describe() {
         "Upstream 401 answers, by key fingerprint"
     );
     describe_counter!(CREDENTIAL_RELOADS_TOTAL, "Key reloads, by result");
+    describe_counter!(
+        KEY_ECHOES_TOTAL,
+        "Credentials an upstream echoed, taken out of responses"
+    );
     describe_counter!(
         TOKEN_FETCHES_TOTAL,
         "Token requests of minted credentials, by result"

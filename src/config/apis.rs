@@ -96,6 +96,7 @@ pub(super) fn single(
             permissions_path,
             verify,
             allowed_hosts: Vec::new(),
+            scrub_headers: true,
         }],
         names: vec![names],
         keys: vec![key],
@@ -177,6 +178,17 @@ pub(super) fn named(
             verify: None,
         };
         let allowed_hosts = api.allowed_hosts;
+        let scrub_headers = match api.scrub.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("headers") => true,
+            Some("off") => false,
+            Some(other) => {
+                return ctx.err(
+                    &format!("{table}.scrub"),
+                    api.scrub.as_ref().map(Spanned::span),
+                    format!("`{other}`: use headers (the default) or off (body scrubbing is not built yet)"),
+                );
+            }
+        };
         let upstream = upstream(ctx, &table, up)?;
         let file = files.remove(&name);
         let permissions_path = file.as_ref().map(|(p, _, _)| p.clone());
@@ -206,6 +218,7 @@ pub(super) fn named(
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            scrub_headers,
         });
         out.names.push(names);
         out.keys.push(key);

@@ -87,6 +87,8 @@ pub struct Api {
     pub verify: Option<Verify>,
     /// `Host` names its own listener serves besides loopback ones (lower case, no port).
     pub allowed_hosts: Vec<String>,
+    /// Take an echoed credential out of response headers (`scrub = "headers"`, the default).
+    pub scrub_headers: bool,
 }
 
 /// A bodiless GET or HEAD on one of the API's catalogue routes.

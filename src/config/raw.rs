@@ -74,6 +74,8 @@ pub(crate) struct RawApi {
     /// `Host` names its own listener serves besides loopback ones.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// `headers` (default) | `off`: take an echoed credential out of responses.
+    pub scrub: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

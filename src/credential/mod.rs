@@ -15,6 +15,7 @@ mod header;
 pub mod mint;
 mod path;
 mod query;
+mod scrub;
 mod source;
 mod spec;
 
@@ -187,6 +188,8 @@ pub struct Credential {
     loaded_at: SystemTime,
     /// A minted token: its fingerprint, when it was fetched, when it expires.
     token: Option<TokenInfo>,
+    /// Every form of every secret part, for taking an echoed credential out of a response.
+    needles: scrub::Needles,
 }
 
 impl fmt::Debug for Credential {
@@ -263,6 +266,23 @@ impl Credential {
             checked.push(value(i)?);
         }
         let id = Identity::of(spec, &checked, None);
+        let mut secrets: Vec<&[u8]> = spec
+            .parts
+            .iter()
+            .zip(&checked)
+            .filter(|(p, _)| p.source.is_secret())
+            .map(|(_, v)| *v)
+            .collect();
+        // A Basic header's own base64 (user:password) too.
+        let rendered: Vec<Vec<u8>> = match &form {
+            Form::Headers(list) if matches!(spec.scheme, Scheme::Basic) => list
+                .iter()
+                .filter_map(|(_, v)| v.as_bytes().strip_prefix(b"Basic ").map(<[u8]>::to_vec))
+                .collect(),
+            _ => Vec::new(),
+        };
+        secrets.extend(rendered.iter().map(Vec::as_slice));
+        let needles = scrub::Needles::of(secrets);
         Ok(Self {
             scheme: spec.scheme.name(),
             form,
@@ -273,6 +293,7 @@ impl Credential {
             source: id.source,
             loaded_at: SystemTime::now(),
             token: None,
+            needles,
         })
     }
 
@@ -289,6 +310,15 @@ impl Credential {
         let value = header::value("Bearer ", validate_key(token.as_bytes())?)?;
         let inputs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
         let id = Identity::of(spec, &inputs, Some(token.as_bytes()));
+        // The token, and the secret inputs that are keys (not documents such as a PEM key).
+        let needles = scrub::Needles::of(
+            spec.parts
+                .iter()
+                .zip(&inputs)
+                .filter(|(p, _)| p.source.is_secret() && !p.is_document())
+                .map(|(_, v)| *v)
+                .chain(std::iter::once(token.as_bytes())),
+        );
         Ok(Self {
             scheme: spec.scheme.name(),
             form: Form::Headers(vec![(http::header::AUTHORIZATION, value)]),
@@ -303,7 +333,18 @@ impl Credential {
                 fetched_at,
                 expires_at: fetched_at + lifetime,
             }),
+            needles,
         })
+    }
+
+    /// Whether `bytes` holds any form of any secret part.
+    pub fn echoed_in(&self, bytes: &[u8]) -> bool {
+        self.needles.found_in(bytes)
+    }
+
+    /// Replaces every form of every secret part in `bytes` with `*`; how many were found.
+    pub fn scrub(&self, bytes: &mut [u8]) -> usize {
+        self.needles.scrub(bytes)
     }
 
     /// A minted token's facts (`None` for static keys).

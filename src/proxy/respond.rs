@@ -44,6 +44,9 @@ pub(super) fn respond(
         }
         _ => {}
     }
+    if snap.config.apis.get(api).is_some_and(|a| a.scrub_headers) {
+        scrub_headers(snap, (principal, api, credential), resp.headers_mut());
+    }
     let idle = snap.config.limits.body_idle_timeout;
     resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard)))
 }
@@ -103,4 +106,47 @@ fn rewrite_links(
         links::rewrite(headers, key_path, &local);
     }
     links::rewrite(headers, &origin, &local);
+}
+
+/// Takes every form of the credential out of the response headers (`*` of the same length):
+/// an upstream that echoes the key must not hand it back to the app. Each echo is counted and
+/// logged with the fingerprint (the upstream published the key: an incident).
+fn scrub_headers(
+    snap: &Snapshot,
+    (principal, api, credential): (usize, usize, &Credential),
+    headers: &mut http::HeaderMap,
+) {
+    let mut found = 0;
+    for value in headers.values_mut() {
+        if !credential.echoed_in(value.as_bytes()) {
+            continue;
+        }
+        let mut bytes = value.as_bytes().to_vec();
+        let n = credential.scrub(&mut bytes);
+        if n > 0 {
+            found += n;
+            if let Ok(clean) = HeaderValue::from_bytes(&bytes) {
+                *value = clean;
+            }
+        }
+    }
+    if found == 0 {
+        return;
+    }
+    let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
+    let named = snap
+        .config
+        .principals
+        .get(principal)
+        .and_then(|p| p.credentials.get(api).copied().flatten())
+        .and_then(|s| snap.config.credentials.get(s))
+        .map_or("none", |c| &*c.name);
+    metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "where" => "header").increment(found as u64);
+    tracing::warn!(
+        api = api_name,
+        credential = named,
+        fingerprint = credential.fingerprint(),
+        echoes = found,
+        "the upstream echoed the credential in a response header; taken out before the app saw it (treat the key as published)"
+    );
 }

@@ -541,7 +541,7 @@ fn the_prometheus_rule_manifest_carries_the_same_alerts() {
     assert_eq!(manifest["kind"], "PrometheusRule");
     assert_eq!(manifest["spec"]["groups"], plain["groups"]);
     let alerts = plain["groups"][0]["rules"].as_sequence().unwrap();
-    assert_eq!(alerts.len(), 10);
+    assert_eq!(alerts.len(), 11);
     for a in alerts {
         assert!(
             a["annotations"]["runbook"]

@@ -24,6 +24,7 @@ mod pooling;
 mod proxy;
 mod rotation;
 mod schemes;
+mod scrub;
 mod shared_limits;
 mod streaming;
 mod tokens;
