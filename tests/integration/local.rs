@@ -145,3 +145,52 @@ async fn raw_request(
     )
     .await
 }
+
+/// An API's own listener: the same checks, with its own `allowed_hosts`.
+#[tokio::test]
+async fn an_apis_own_listener_serves_loopback_and_its_listed_hosts() {
+    let ca = sidekey::pki::Ca::new("test CA").unwrap();
+    let mock = sidekey::mock::MockUpstream::start_banata(&ca)
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    dir.write("ca.pem", ca.cert_pem());
+    dir.write("key", KEY);
+    let config = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.banata]
+url = "{}"
+ca_file = "ca.pem"
+listen = "127.0.0.1:0"
+allowed_hosts = ["banata.internal"]
+credential = {{ file = "key" }}
+[api.banata.permissions]
+"read" = ["GET /v1/sandboxes"]
+[service]
+name = "own-listener"
+allow = ["banata/read"]
+"#,
+        mock.url()
+    );
+    let p = TestProxy::start_in(dir, &config).await;
+    let own = p.apis.iter().find(|(n, _)| n == "banata").unwrap().1;
+    let with = |host: &'static str| vec![("host", host)];
+    let r = raw_request(own, "GET", "/v1/sandboxes", &with("evil.test:9000")).await;
+    assert_eq!(r.code(), "host_not_allowed");
+    let r = raw_request(own, "GET", "/v1/sandboxes", &with("app.internal")).await;
+    assert_eq!(
+        r.code(),
+        "host_not_allowed",
+        "the shared listener's list is not this one's"
+    );
+    assert!(mock.requests().is_empty());
+    for host in ["banata.internal:9000", "127.0.0.1:9000", "localhost"] {
+        let r = raw_request(own, "GET", "/v1/sandboxes", &with(host)).await;
+        assert_eq!(r.status, 200, "{host}");
+    }
+    p.stop().await;
+}
