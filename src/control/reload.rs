@@ -220,7 +220,26 @@ impl Reloader {
             // A token scheme: its task mints; the latest token is the credential.
             if named.config.scheme.mint().is_some() {
                 let api = config.apis.get(named.api).map_or("none", |a| &*a.name);
-                let next = self.tokens.sync(named, api);
+                let next = match (&previous, self.tokens.sync(named, api)) {
+                    // A token from a new secret (its fingerprint is the secret's): tried with
+                    // the API's verify request before it replaces the one in use; a refresh
+                    // with the same secret is used at once.
+                    // (Kept only while it is valid: the old secret's token is never refreshed.)
+                    (Some(old), Some(new))
+                        if old.fingerprint() != new.fingerprint()
+                            && old
+                                .token()
+                                .is_some_and(|t| t.expires_at > std::time::SystemTime::now())
+                            && !self.may_use(&snap, &config, named, true, &new) =>
+                    {
+                        Some(old.clone())
+                    }
+                    (Some(old), Some(new)) if old.fingerprint() == new.fingerprint() => {
+                        self.verifier.forget(&self.shared, &named.name);
+                        Some(new)
+                    }
+                    (_, next) => next,
+                };
                 let same = match (&previous, &next) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     (a, b) => a.is_none() && b.is_none(),

@@ -31,6 +31,10 @@ struct Idp {
     revoked_before: Arc<Mutex<Option<Instant>>>,
     /// `post`: the client authenticates in the body; else with Basic.
     post: bool,
+    /// Which secret each token was minted with.
+    minted_with: Arc<Mutex<Vec<(String, String)>>>,
+    /// Secrets whose tokens the API refuses (a client not activated yet).
+    inactive: Arc<Mutex<Vec<String>>>,
 }
 
 impl Idp {
@@ -43,6 +47,8 @@ impl Idp {
             ttl,
             revoked_before: Arc::default(),
             post,
+            minted_with: Arc::default(),
+            inactive: Arc::default(),
         }
     }
 
@@ -68,7 +74,7 @@ impl Idp {
                     let ok_client = if idp.post {
                         basic.is_none()
                             && get("client_id").as_deref() == Some("cid")
-                            && get("client_secret") == Some(secret)
+                            && get("client_secret") == Some(secret.clone())
                     } else {
                         let want = base64::engine::general_purpose::STANDARD
                             .encode(format!("cid:{secret}"));
@@ -89,6 +95,10 @@ impl Idp {
                     let mut issued = idp.issued.lock().unwrap();
                     let token = format!("at_{:04}", issued.len() + 1);
                     issued.push((token.clone(), Instant::now()));
+                    idp.minted_with
+                        .lock()
+                        .unwrap()
+                        .push((token.clone(), secret.clone()));
                     return json(
                         200,
                         serde_json::json!({
@@ -106,10 +116,17 @@ impl Idp {
                     .unwrap_or_default()
                     .to_owned();
                 let revoked = *idp.revoked_before.lock().unwrap();
+                let inactive = idp.inactive.lock().unwrap().clone();
+                let from_inactive = idp
+                    .minted_with
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(t, s)| *t == token && inactive.contains(s));
                 let live = idp.issued.lock().unwrap().iter().any(|(t, at)| {
                     *t == token && at.elapsed() < idp.ttl && revoked.is_none_or(|r| *at >= r)
                 });
-                match live {
+                match live && !from_inactive {
                     true => json(200, serde_json::json!({"token": token})),
                     false => json(401, serde_json::json!({"error": "invalid_token"})),
                 }
@@ -653,5 +670,65 @@ async fn check_online_mints_one_token_and_reports_without_printing_it() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("invalid_client"), "{out}");
     assert!(!out.contains("wrong"), "{out}");
+    p.stop().await;
+}
+
+/// With `verify`, a token minted from a new client secret is tried before it replaces the one
+/// in use: refused (the API has not activated the new client yet), traffic stays on the old
+/// secret's token and /credential shows it pending; activated, it is switched to.
+#[tokio::test]
+async fn a_token_from_a_new_secret_is_verified_before_it_is_used() {
+    let idp = Idp::new(Duration::from_secs(60), false);
+    let new_secret = "cs_rotated_0002";
+    idp.inactive.lock().unwrap().push(new_secret.to_owned());
+    let (p, _mock) = start(&idp, "").await;
+    let path = p.dir.path().join("sidekey.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with_verify = text.replace(
+        "path_prefix = \"/graph\"",
+        "path_prefix = \"/graph\"\nverify = \"GET /v1/me\"",
+    );
+    assert_ne!(text, with_verify);
+    std::fs::write(&path, with_verify).unwrap();
+    assert!(ready(&p).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metrics(&p)
+                .await
+                .contains("sidekey_credential_verifications_total")
+        })
+        .await,
+        "verify not configured"
+    );
+    let old_fp = sidekey::credential::fingerprint(SECRET.as_bytes());
+    let new_fp = sidekey::credential::fingerprint(new_secret.as_bytes());
+    // The IdP takes the new secret; the API refuses its tokens until activated.
+    *idp.secret.lock().unwrap() = new_secret.into();
+    std::fs::write(p.dir.path().join("keys/secret"), new_secret).unwrap();
+    let credential = || async {
+        let v: serde_json::Value =
+            serde_json::from_slice(&get(p.admin, "/credential").await.body).unwrap();
+        v["credentials"][0].clone()
+    };
+    let rejected = eventually(Duration::from_secs(5), || async {
+        let c = credential().await;
+        c["pending"]["state"] == "rejected" && c["pending"]["fingerprint"] == new_fp.as_str()
+    })
+    .await;
+    assert!(rejected, "{}", credential().await);
+    assert_eq!(credential().await["fingerprint"], old_fp.as_str());
+    assert_eq!(
+        get(p.addr, "/graph/v1/me").await.status,
+        200,
+        "the old token still serves"
+    );
+    // Activated: switched within an interval or so.
+    idp.inactive.lock().unwrap().clear();
+    let switched = eventually(Duration::from_secs(5), || async {
+        credential().await["fingerprint"] == new_fp.as_str()
+    })
+    .await;
+    assert!(switched, "{}", credential().await);
+    assert_eq!(get(p.addr, "/graph/v1/me").await.status, 200);
     p.stop().await;
 }
