@@ -12,9 +12,11 @@ use zeroize::Zeroizing;
 /// Shortest secret looked for.
 const MIN_LEN: usize = 8;
 
-/// The forms of every secret part to look for.
+/// The forms of every secret part to look for, each a searcher built once per load (every
+/// response header is scanned: building a searcher per header would cost on every request).
+/// Limitation: a searcher's copy of its needle is freed, not wiped.
 #[derive(Default)]
-pub(super) struct Needles(Vec<Zeroizing<Vec<u8>>>);
+pub(super) struct Needles(Vec<memchr::memmem::Finder<'static>>);
 
 impl Needles {
     pub(super) fn of<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -34,25 +36,27 @@ impl Needles {
         }
         // Longest first: a raw key inside its own base64 form is found as the longer match.
         out.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Self(out)
+        Self(
+            out.iter()
+                .map(|n| memchr::memmem::Finder::new(n.as_slice()).into_owned())
+                .collect(),
+        )
     }
 
     /// Whether any form occurs in `bytes` (read-only: the common case allocates nothing).
     pub(super) fn found_in(&self, bytes: &[u8]) -> bool {
-        self.0
-            .iter()
-            .any(|n| memchr::memmem::find(bytes, n.as_slice()).is_some())
+        self.0.iter().any(|f| f.find(bytes).is_some())
     }
 
     /// Replaces every occurrence with `*`; returns how many were found.
     pub(super) fn scrub(&self, bytes: &mut [u8]) -> usize {
         let mut found = 0;
-        for needle in &self.0 {
-            let finder = memchr::memmem::Finder::new(needle.as_slice());
+        for finder in &self.0 {
+            let len = finder.needle().len();
             let mut at = 0;
             while let Some(i) = bytes.get(at..).and_then(|rest| finder.find(rest)) {
                 let start = at + i;
-                let end = start + needle.len();
+                let end = start + len;
                 if let Some(hit) = bytes.get_mut(start..end) {
                     hit.fill(b'*');
                 }

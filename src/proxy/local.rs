@@ -14,10 +14,17 @@ use http::{HeaderMap, Method, Uri};
 
 use super::ProxyError;
 
-/// Whether `host` (`name[:port]`, `[v6]:port`) names this machine.
+/// Whether `host` (`name[:port]`, `[v6]:port`) names this machine. Runs per request: no
+/// allocation, case-insensitive comparisons.
 pub fn is_loopback_host(host: &str) -> bool {
     let name = host_name(host);
-    if name == "localhost" || name.ends_with(".localhost") {
+    let tail = name
+        .len()
+        .checked_sub(".localhost".len())
+        .and_then(|i| name.get(i..));
+    if name.eq_ignore_ascii_case("localhost")
+        || tail.is_some_and(|t| t.eq_ignore_ascii_case(".localhost"))
+    {
         return true;
     }
     match name
@@ -31,29 +38,33 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
 }
 
-/// `host` without its port, lower case (`[::1]:8080` -> `[::1]`).
-fn host_name(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
+/// `host` without its port (`[::1]:8080` -> `[::1]`), as written (compare ignoring case).
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
     if host.starts_with('[') {
         return match host.find(']') {
-            Some(end) => host.get(..=end).unwrap_or_default().to_owned(),
+            Some(end) => host.get(..=end).unwrap_or(host),
             None => host,
         };
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
 }
 
-/// `scheme://host[:port]` of this machine, or listed.
+/// `scheme://host[:port]` of this machine, or listed (the lists are lower case).
 fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-    if allowed.contains(&origin) {
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
         return true;
     }
     match origin.split_once("://") {
-        Some(("http" | "https", host)) => is_loopback_host(host),
+        Some((scheme, host))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            is_loopback_host(host)
+        }
         _ => false,
     }
 }
@@ -89,12 +100,13 @@ pub fn browser(
 /// later by the path screen whatever its authority.
 pub fn host(uri: &Uri, headers: &HeaderMap, allowed_hosts: &[String]) -> Result<(), ProxyError> {
     let host = match (headers.get(http::header::HOST), uri.authority()) {
-        (Some(h), _) => h.to_str().map_err(|_| ProxyError::HostNotLocal)?.to_owned(),
-        (None, Some(a)) => a.as_str().to_owned(),
+        (Some(h), _) => h.to_str().map_err(|_| ProxyError::HostNotLocal)?,
+        (None, Some(a)) => a.as_str(),
         // HTTP/1.0 without Host: no name a page could have chosen.
         (None, None) => return Ok(()),
     };
-    if is_loopback_host(&host) || allowed_hosts.iter().any(|a| *a == host_name(&host)) {
+    let name = host_name(host);
+    if is_loopback_host(host) || allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(name)) {
         return Ok(());
     }
     Err(ProxyError::HostNotLocal)
