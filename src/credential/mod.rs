@@ -16,6 +16,7 @@ pub mod mint;
 mod path;
 mod query;
 mod scrub;
+pub mod sigv4;
 mod source;
 mod spec;
 
@@ -136,14 +137,17 @@ impl Identity {
             parts.push(PartInfo {
                 name: part.name.clone(),
                 source: part.source.as_str(),
-                fingerprint: part.source.is_secret().then(|| fingerprint(v)),
+                fingerprint: (part.source.is_secret() && !is_public(part)).then(|| fingerprint(v)),
             });
         }
         if let Some(t) = token {
             hasher.update(t);
         }
+        // AWS: the secret access key's alone (a session token changes with every refresh).
+        let aws = matches!(spec.scheme, Scheme::AwsSigV4(_));
         let secret: Vec<&str> = parts
             .iter()
+            .filter(|p| !aws || &*p.name == "secret_access_key")
             .filter_map(|p| p.fingerprint.as_deref())
             .collect();
         // One secret part: its own fingerprint (what `sidekey fingerprint FILE` prints).
@@ -166,11 +170,18 @@ impl Identity {
     }
 }
 
+/// A part read from a secret source that is not itself secret (an AWS access key id: shown,
+/// never fingerprinted or scrubbed).
+fn is_public(part: &Part) -> bool {
+    &*part.name == "access_key_id"
+}
+
 /// The ready-to-send form.
 enum Form {
     Headers(Vec<(HeaderName, HeaderValue)>),
     Query(query::Pair),
     Path(path::Rendered),
+    SigV4(Box<sigv4::Signer>),
 }
 
 /// A loaded, valid credential: every part read at the same load, so a request always sees
@@ -258,6 +269,17 @@ impl Credential {
                 }
                 (Form::Headers(list), names.clone())
             }
+            Scheme::AwsSigV4(settings) => {
+                let token = match spec.parts.len() {
+                    3 => Some(value(2)?),
+                    _ => None,
+                };
+                let signer = sigv4::Signer::new(settings.clone(), value(0)?, value(1)?, token)?;
+                (
+                    Form::SigV4(Box::new(signer)),
+                    vec![sigv4::DATE, sigv4::SECURITY_TOKEN],
+                )
+            }
             // Minted by `control::token`, never loaded from the parts directly.
             Scheme::Minted(_) => return Err(KeyError::Minted),
         };
@@ -270,7 +292,7 @@ impl Credential {
             .parts
             .iter()
             .zip(&checked)
-            .filter(|(p, _)| p.source.is_secret())
+            .filter(|(p, _)| p.source.is_secret() && !is_public(p))
             .map(|(_, v)| *v)
             .collect();
         // A Basic header's own base64 (user:password) too.
@@ -369,6 +391,7 @@ impl Credential {
             }
             Form::Query(pair) => parts.uri = pair.apply(&parts.uri)?,
             Form::Path(rendered) => parts.uri = rendered.apply(&parts.uri, template)?,
+            Form::SigV4(signer) => signer.sign(parts, SystemTime::now())?,
         }
         Ok(())
     }
@@ -383,7 +406,15 @@ impl Credential {
     pub fn key_paths(&self) -> Vec<&str> {
         match &self.form {
             Form::Path(r) => r.iter().collect(),
-            Form::Headers(_) | Form::Query(_) => Vec::new(),
+            Form::Headers(_) | Form::Query(_) | Form::SigV4(_) => Vec::new(),
+        }
+    }
+
+    /// The SigV4 signer (`aws_sigv4`), for the body plan made before signing.
+    pub fn signer(&self) -> Option<&sigv4::Signer> {
+        match &self.form {
+            Form::SigV4(s) => Some(s),
+            _ => None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use zeroize::Zeroizing;
 
-use super::{KeyError, Source, mint, validate_key};
+use super::{KeyError, Source, mint, sigv4, validate_key};
 use crate::policy::template::PathTemplate;
 
 /// Where the credential goes in a request.
@@ -25,6 +25,9 @@ pub enum Scheme {
     /// `Authorization: Bearer <token>` with a token sidekey mints from the parts (a client
     /// secret or a private key) at a token endpoint, off the request path.
     Minted(Arc<mint::Mint>),
+    /// AWS Signature Version 4 over the request as forwarded (parts: `access_key_id`,
+    /// `secret_access_key`, optional `session_token`).
+    AwsSigV4(Arc<sigv4::Settings>),
 }
 
 impl Scheme {
@@ -36,6 +39,7 @@ impl Scheme {
             Self::Path { .. } => "path",
             Self::Headers { .. } => "headers",
             Self::Minted(m) => m.name(),
+            Self::AwsSigV4(_) => "aws_sigv4",
         }
     }
 
@@ -55,6 +59,15 @@ impl Scheme {
                 format!("headers {}", list.join(", "))
             }
             Self::Minted(m) => format!("authorization: Bearer <token minted by {}>", m.name()),
+            Self::AwsSigV4(a) => format!(
+                "authorization: AWS4-HMAC-SHA256 signature ({}/{}, payload {})",
+                a.region,
+                a.service,
+                match a.payload {
+                    sigv4::Payload::Unsigned => "unsigned",
+                    sigv4::Payload::Signed => "signed",
+                }
+            ),
         }
     }
 
@@ -62,6 +75,14 @@ impl Scheme {
     pub fn mint(&self) -> Option<&Arc<mint::Mint>> {
         match self {
             Self::Minted(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The SigV4 settings of an `aws_sigv4` credential.
+    pub fn sigv4(&self) -> Option<&Arc<sigv4::Settings>> {
+        match self {
+            Self::AwsSigV4(a) => Some(a),
             _ => None,
         }
     }
