@@ -69,11 +69,12 @@ pub(crate) fn credential(
             "token_ca_file",
             "token_connect_to",
         ],
+        "aws_sigv4" => super::sigv4::KEYS,
         other => {
             return ctx.err(
                 &format!("{key}.scheme"),
                 scheme_span,
-                format!("unknown scheme `{other}`: use header, basic, query, path, headers, oauth2_client_credentials, google_service_account or github_app"),
+                format!("unknown scheme `{other}`: use header, basic, query, path, headers, oauth2_client_credentials, google_service_account, github_app or aws_sigv4"),
             );
         }
     };
@@ -198,6 +199,7 @@ pub(crate) fn credential(
         "oauth2_client_credentials" | "google_service_account" | "github_app" => {
             return super::mint::minted(ctx, key, scheme, cred);
         }
+        "aws_sigv4" => return super::sigv4::aws(ctx, key, cred),
         _ => {
             let Some(map) = cred.headers.as_ref().filter(|m| !m.get_ref().is_empty()) else {
                 return ctx.err(
@@ -254,6 +256,22 @@ fn present(c: &RawCredential) -> Vec<(&'static str, Span)> {
         s("refresh_before", &c.refresh_before),
         s("token_ca_file", &c.token_ca_file),
         s("token_connect_to", &c.token_connect_to),
+        s("region", &c.region),
+        s("service", &c.service),
+        s("access_key_id_file", &c.access_key_id_file),
+        s("access_key_id_env", &c.access_key_id_env),
+        s("secret_access_key_file", &c.secret_access_key_file),
+        s("secret_access_key_env", &c.secret_access_key_env),
+        s("session_token_file", &c.session_token_file),
+        s("session_token_env", &c.session_token_env),
+        s("payload", &c.payload),
+        s("max_signed_body", &c.max_signed_body),
+        s("role_arn", &c.role_arn),
+        s("role_session_name", &c.role_session_name),
+        s("web_identity_token_file", &c.web_identity_token_file),
+        s("sts_url", &c.sts_url),
+        s("sts_ca_file", &c.sts_ca_file),
+        s("sts_connect_to", &c.sts_connect_to),
     ]
     .into_iter()
     .flatten()

@@ -17,14 +17,14 @@ use super::{ConfigError, CredentialConfig, CredentialSource};
 use crate::credential::mint::{ClientAuth, Endpoint, Kind, Mint};
 use crate::credential::{Part, Scheme};
 
-fn part(name: &str, source: CredentialSource) -> Part {
+pub(super) fn part(name: &str, source: CredentialSource) -> Part {
     Part {
         name: Arc::from(name),
         source,
     }
 }
 
-fn required<'a>(
+pub(super) fn required<'a>(
     ctx: &Ctx<'_>,
     key: &str,
     name: &str,
@@ -46,7 +46,12 @@ pub(super) fn minted(
     scheme: &str,
     c: &RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
-    let endpoint = endpoint(ctx, key, c)?;
+    let endpoint = endpoint(
+        ctx,
+        key,
+        ("token_ca_file", &c.token_ca_file),
+        ("token_connect_to", &c.token_connect_to),
+    )?;
     let refresh_before = match &c.refresh_before {
         Some(r) => Some(duration(
             ctx,
@@ -162,9 +167,17 @@ pub(super) fn minted(
     })
 }
 
-/// `token_ca_file` (extra roots) and `token_connect_to` (dial there, verify the host).
-fn endpoint(ctx: &Ctx<'_>, key: &str, c: &RawCredential) -> Result<Endpoint, ConfigError> {
-    let roots = match &c.token_ca_file {
+type Named<'a> = (&'a str, &'a Option<Spanned<String>>);
+
+/// `token_ca_file` (extra roots) and `token_connect_to` (dial there, verify the host), or
+/// another pair of keys of the same meaning.
+pub(super) fn endpoint(
+    ctx: &Ctx<'_>,
+    key: &str,
+    (ca_key, ca): Named<'_>,
+    (connect_key, connect): Named<'_>,
+) -> Result<Endpoint, ConfigError> {
+    let roots = match ca {
         Some(f) => {
             let path = ctx.dir.join(f.get_ref());
             let certs: Result<Vec<CertificateDer<'static>>, _> =
@@ -173,7 +186,7 @@ fn endpoint(ctx: &Ctx<'_>, key: &str, c: &RawCredential) -> Result<Endpoint, Con
                 Ok(v) if !v.is_empty() => v,
                 _ => {
                     return ctx.err(
-                        &format!("{key}.token_ca_file"),
+                        &format!("{key}.{ca_key}"),
                         Some(f.span()),
                         format!("{} holds no readable PEM certificate", path.display()),
                     );
@@ -182,13 +195,8 @@ fn endpoint(ctx: &Ctx<'_>, key: &str, c: &RawCredential) -> Result<Endpoint, Con
         }
         None => Vec::new(),
     };
-    let connect_to = match &c.token_connect_to {
-        Some(a) => Some(address(
-            ctx,
-            &format!("{key}.token_connect_to"),
-            Some(a),
-            "",
-        )?),
+    let connect_to = match connect {
+        Some(a) => Some(address(ctx, &format!("{key}.{connect_key}"), Some(a), "")?),
         None => None,
     };
     Ok(Endpoint { roots, connect_to })

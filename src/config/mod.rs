@@ -11,6 +11,7 @@ mod limits_shared;
 mod mint;
 mod raw;
 mod sections;
+mod sigv4;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -191,6 +191,23 @@ pub(crate) struct RawCredential {
     pub refresh_before: Option<Spanned<String>>,
     pub token_ca_file: Option<Spanned<String>>,
     pub token_connect_to: Option<Spanned<String>>,
+    /// `aws_sigv4`: where and what is signed, static keys or a role.
+    pub region: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
+    pub access_key_id_file: Option<Spanned<String>>,
+    pub access_key_id_env: Option<Spanned<String>>,
+    pub secret_access_key_file: Option<Spanned<String>>,
+    pub secret_access_key_env: Option<Spanned<String>>,
+    pub session_token_file: Option<Spanned<String>>,
+    pub session_token_env: Option<Spanned<String>>,
+    pub payload: Option<Spanned<String>>,
+    pub max_signed_body: Option<Spanned<String>>,
+    pub role_arn: Option<Spanned<String>>,
+    pub role_session_name: Option<Spanned<String>>,
+    pub web_identity_token_file: Option<Spanned<String>>,
+    pub sts_url: Option<Spanned<String>>,
+    pub sts_ca_file: Option<Spanned<String>>,
+    pub sts_connect_to: Option<Spanned<String>>,
 }
 
 /// A string or a list of strings.

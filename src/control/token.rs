@@ -214,8 +214,11 @@ async fn fetch(spec: &Spec, mint: &Mint) -> Result<(Arc<Credential>, Duration), 
             .await
             .map_err(MintError::Unreachable)?;
     let token = mint.parse(status, &body, now)?;
-    let credential = Credential::minted(spec, &parts, &token.value, now, token.lifetime)
-        .map_err(|e| MintError::Malformed(e.to_string()))?;
+    let credential = match &token.aws {
+        Some(keys) => Credential::minted_aws(spec, &parts, keys, &token.value, now, token.lifetime),
+        None => Credential::minted(spec, &parts, &token.value, now, token.lifetime),
+    }
+    .map_err(|e| MintError::Malformed(e.to_string()))?;
     Ok((Arc::new(credential), token.lifetime))
 }
 

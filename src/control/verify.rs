@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use tokio::sync::mpsc;
 
 use crate::config::{NamedCredential, Verify};
@@ -281,10 +281,14 @@ impl Verifier {
 
 /// Sends the verify request with `key` and returns its status (`None`: no answer in time).
 async fn probe(upstream: &Upstream, verify: &Verify, key: &Credential) -> Option<StatusCode> {
-    let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
     *req.method_mut() = verify.method.clone();
     *req.uri_mut() = Uri::from(verify.target.clone());
     let (mut parts, body) = req.into_parts();
+    // A signing scheme signs the Host the request carries.
+    parts
+        .headers
+        .insert(http::header::HOST, upstream.host().clone());
     key.apply(&mut parts, 0).ok()?;
     let sent = upstream.send(Request::from_parts(parts, body), Instant::now());
     let resp = tokio::time::timeout(TIMEOUT, sent).await.ok()?.ok()?;

@@ -75,6 +75,7 @@ impl Scheme {
     pub fn mint(&self) -> Option<&Arc<mint::Mint>> {
         match self {
             Self::Minted(m) => Some(m),
+            Self::AwsSigV4(a) => a.role.as_ref(),
             _ => None,
         }
     }

@@ -51,6 +51,11 @@ pub enum ProxyError {
     /// A listener without caller authentication got what a browser sends on a web page's
     /// behalf (a foreign `Origin`, a cross-site fetch, a CORS preflight); reason says which.
     BrowserRefused(&'static str),
+    /// `aws_sigv4`: a chunk-signed upload (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD`); its chunk
+    /// signatures are made with the caller's key and cannot be redone by a proxy.
+    SignedChunks,
+    /// `aws_sigv4` with `payload = "signed"`: the body is over `max_signed_body`.
+    BodyTooLargeToSign,
 }
 
 impl ProxyError {
@@ -99,11 +104,13 @@ impl ProxyError {
             Self::AuthorityMismatch => StatusCode::MISDIRECTED_REQUEST,
             Self::ProxyAuthRequired(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Self::HostNotLocal | Self::BrowserRefused(_) => StatusCode::FORBIDDEN,
+            Self::SignedChunks => StatusCode::BAD_REQUEST,
+            Self::BodyTooLargeToSign => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 17] = [
+    pub const CODES: [&'static str; 19] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -121,6 +128,8 @@ impl ProxyError {
         "authority_mismatch",
         "proxy_auth_required",
         "browser_request_refused",
+        "aws_chunk_signatures_unsupported",
+        "body_too_large_to_sign",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -144,6 +153,8 @@ impl ProxyError {
             Self::ProxyAuthRequired(_) => "proxy_auth_required",
             Self::HostNotLocal => "host_not_allowed",
             Self::BrowserRefused(_) => "browser_request_refused",
+            Self::SignedChunks => "aws_chunk_signatures_unsupported",
+            Self::BodyTooLargeToSign => "body_too_large_to_sign",
         }
     }
 
@@ -164,6 +175,8 @@ impl ProxyError {
             | Self::MethodNotAllowed
             | Self::UriTooLong
             | Self::PayloadTooLarge
+            | Self::SignedChunks
+            | Self::BodyTooLargeToSign
             | Self::AuthorityMismatch => "reject",
             Self::CredentialUnavailable
             | Self::Overloaded
@@ -196,6 +209,8 @@ impl ProxyError {
             Self::ProxyAuthRequired(reason) => format!("this forward proxy serves identified callers only ({reason}): put your caller token in the proxy URL or Proxy-Authorization; nothing was sent"),
             Self::HostNotLocal => "this listener serves this machine's own callers: the Host must be localhost, a loopback address or one of listener.allowed_hosts; nothing was sent".into(),
             Self::BrowserRefused(reason) => format!("a web page cannot use this listener ({reason}); nothing was sent"),
+            Self::SignedChunks => "a chunk-signed upload (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) carries signatures made with the caller's key, which sidekey cannot redo: send the body unsigned (UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER) or with its SHA-256; nothing was sent upstream".into(),
+            Self::BodyTooLargeToSign => "the body is larger than this API's max_signed_body, the most sidekey reads to hash for the signature; nothing was sent upstream".into(),
         }
     }
 
@@ -227,7 +242,11 @@ impl ProxyError {
         // than read what follows as another request.
         if matches!(
             self,
-            Self::InvalidRequest(_) | Self::PayloadTooLarge | Self::AuthorityMismatch
+            Self::InvalidRequest(_)
+                | Self::PayloadTooLarge
+                | Self::AuthorityMismatch
+                | Self::SignedChunks
+                | Self::BodyTooLargeToSign
         ) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

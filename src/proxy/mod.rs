@@ -14,6 +14,7 @@ pub mod local;
 mod pipeline;
 mod request_id;
 mod respond;
+mod sign;
 pub mod splice;
 mod unauthorized;
 pub mod websocket;

@@ -294,7 +294,10 @@ async fn send(
     let limits = &snap.config.limits;
     let (body, fault) = if http_body::Body::is_end_stream(&body) {
         // No body: nothing to watch, and the upstream client may replay the request.
-        (Either::Right(http_body_util::Empty::new()), None)
+        (
+            Either::Right(http_body_util::Full::new(bytes::Bytes::new())),
+            None,
+        )
     } else {
         let (body, fault) = Watched::new(body, limits.body_idle_timeout, None)
             .without_trailers()
@@ -304,6 +307,13 @@ async fn send(
             None => body,
         };
         (Either::Left(body), Some(fault))
+    };
+    // A signing credential signs the Host and the body's hash: both are set first.
+    let body = match credential.signer() {
+        Some(signer) => {
+            super::sign::prepare(signer, upstream.host(), &mut parts, body, fault.as_ref()).await?
+        }
+        None => body,
     };
     // A bodiless request may be replayed once after a 401 with a re-read key: its head is
     // kept, before the credential goes in (a streamed body never is).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 
 use crate::control::state::Shared;
 use crate::credential::{ApplyError, Credential};
@@ -40,7 +40,7 @@ impl Head {
         new: &Credential,
         template: usize,
     ) -> Result<Request<RequestBody>, ApplyError> {
-        let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+        let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.headers_mut() = self.headers;

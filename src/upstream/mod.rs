@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
@@ -33,9 +33,10 @@ use connect::{BoxError, ConnectTimeout, TimeoutConnector, find};
 pub use pool::UpstreamBody;
 use pool::{Conn, Pool};
 
-/// What the client sends: the caller's body, watched for idleness and size, or nothing
-/// (a bodiless request, which can be replayed if HTTP/2 proves it was never processed).
-pub type RequestBody = Either<Watched<crate::serve::RequestBody>, Empty<Bytes>>;
+/// What the client sends: the caller's body, watched for idleness and size, or one read
+/// whole (a SigV4 body hashed before signing) or nothing (a bodiless request, which can be
+/// replayed if HTTP/2 proves it was never processed).
+pub type RequestBody = Either<Watched<crate::serve::RequestBody>, Full<Bytes>>;
 
 /// Under `protocol = "auto"`, request bodies at least this long go over HTTP/1.1 even when
 /// the upstream speaks HTTP/2 (see [`Upstream::bulk`]).
@@ -233,6 +234,11 @@ impl Upstream {
         })
     }
 
+    /// The `Host` requests carry (the origin's authority).
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
     /// Sends one request (origin-form target) to the upstream; resolves when response
     /// headers arrive (the body streams after). `started` is when the request arrived (the
     /// response deadline counts from it; no clock read here).
@@ -309,7 +315,9 @@ impl Upstream {
                 }
                 Conn::H2(mut tx) => {
                     self.h2_form(&mut req);
-                    if may_replay && matches!(req.body(), Either::Right(_)) {
+                    if may_replay
+                        && matches!(req.body(), Either::Right(b) if http_body::Body::is_end_stream(b))
+                    {
                         replay = Some(parts_of(&req));
                     }
                     match tx.try_send_request(req).await {
@@ -335,7 +343,7 @@ impl Upstream {
                 Some(parts) if may_replay && unprocessed(&err) => {
                     may_replay = false;
                     tracing::debug!(error = %err, "upstream did not process the request; replaying once");
-                    req = http::Request::from_parts(parts, Either::Right(Empty::new()));
+                    req = http::Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
                 }
                 _ => return Err(classify(&err)),
             }

@@ -26,6 +26,7 @@ mod rotation;
 mod schemes;
 mod scrub;
 mod shared_limits;
+mod sigv4;
 mod streaming;
 mod tokens;
 mod verify;

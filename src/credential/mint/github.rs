@@ -61,5 +61,6 @@ pub(super) fn parse(status: StatusCode, body: &[u8], now: SystemTime) -> Result<
     Ok(Token {
         value: Zeroizing::new(token.to_owned()),
         lifetime,
+        aws: None,
     })
 }

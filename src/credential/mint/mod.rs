@@ -9,6 +9,7 @@ mod github;
 mod google;
 pub(crate) mod jwt;
 mod oauth2;
+mod sts;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -49,6 +50,12 @@ pub enum Kind {
         app_id: String,
         installation_id: String,
     },
+    /// Parts: `web_identity_token` (a file). Temporary AWS keys for an `aws_sigv4` API.
+    AwsWebIdentity {
+        sts_url: Uri,
+        role_arn: String,
+        session_name: String,
+    },
 }
 
 /// Where the token endpoint is reached: extra trust roots, an address to dial instead.
@@ -74,6 +81,7 @@ impl Mint {
             Kind::OAuth2 { .. } => "oauth2_client_credentials",
             Kind::Google { .. } => "google_service_account",
             Kind::GitHub { .. } => "github_app",
+            Kind::AwsWebIdentity { .. } => "aws_sigv4",
         }
     }
 
@@ -104,6 +112,11 @@ impl Mint {
                 app_id,
                 installation_id,
             } => github::request(api_url, app_id, installation_id, parts, now),
+            Kind::AwsWebIdentity {
+                sts_url,
+                role_arn,
+                session_name,
+            } => sts::request(sts_url, role_arn, session_name, parts),
         }
     }
 
@@ -118,14 +131,24 @@ impl Mint {
         match &self.kind {
             Kind::OAuth2 { .. } | Kind::Google { .. } => oauth2::parse(status, body),
             Kind::GitHub { .. } => github::parse(status, body, now),
+            Kind::AwsWebIdentity { .. } => sts::parse(status, body, now),
         }
     }
 }
 
 /// A minted access token and how long it is valid from when it was requested.
 pub struct Token {
+    /// The bearer token (AWS: the session token).
     pub value: Zeroizing<String>,
     pub lifetime: Duration,
+    /// AWS temporary keys that come with the session token.
+    pub aws: Option<AwsKeys>,
+}
+
+/// The key pair of AWS temporary credentials.
+pub struct AwsKeys {
+    pub key_id: String,
+    pub secret: Zeroizing<String>,
 }
 
 /// Why no token was minted. Never carries a secret, an assertion or a token.

@@ -83,5 +83,6 @@ pub(super) fn parse(status: StatusCode, body: &[u8]) -> Result<Token, MintError>
     Ok(Token {
         value: Zeroizing::new(token.to_owned()),
         lifetime: seconds(v.get("expires_in")).unwrap_or(DEFAULT_LIFETIME),
+        aws: None,
     })
 }

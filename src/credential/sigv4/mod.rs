@@ -43,14 +43,6 @@ pub enum Payload {
     Signed,
 }
 
-/// Where temporary credentials come from: STS `AssumeRoleWithWebIdentity`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Role {
-    pub arn: String,
-    pub session_name: String,
-    pub sts_url: http::Uri,
-}
-
 /// An `aws_sigv4` credential's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -58,7 +50,9 @@ pub struct Settings {
     pub service: String,
     pub payload: Payload,
     pub max_signed_body: u64,
-    pub role: Option<Role>,
+    /// Temporary credentials from STS `AssumeRoleWithWebIdentity`, minted and refreshed by
+    /// `control::token` (`None`: static keys from the parts).
+    pub role: Option<Arc<super::mint::Mint>>,
 }
 
 impl Settings {
