@@ -30,13 +30,29 @@ const PRESIGNED: [&str; 7] = [
     "x-amz-expires",
 ];
 
+/// A presigned URL's SigV2 parameters (S3's and the query APIs' older form), removed when
+/// `AWSAccessKeyId` shows the query is signed that way.
+const PRESIGNED_V2: [&str; 5] = [
+    "awsaccesskeyid",
+    "signature",
+    "expires",
+    "signaturemethod",
+    "signatureversion",
+];
+
 /// `query` without a caller's presigning parameters (names compared decoded, any case); the
 /// other pairs keep their bytes and order. `None`: nothing to remove.
 pub fn without_presigned(query: &str) -> Option<String> {
+    let name = |pair: &str| {
+        let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+        percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase()
+    };
+    let v2 = query.split('&').any(|p| name(p) == "awsaccesskeyid");
     let ours = |pair: &str| {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let decoded = percent_decode_str(name).decode_utf8_lossy();
-        PRESIGNED.iter().any(|p| decoded.eq_ignore_ascii_case(p))
+        let n = name(pair);
+        PRESIGNED.iter().any(|p| n == *p) || (v2 && PRESIGNED_V2.iter().any(|p| n == *p))
     };
     if !query.split('&').any(ours) {
         return None;

@@ -137,6 +137,15 @@ fn presigned_parameters_are_removed_others_kept() {
         ),
         Some("a=1&b=%2F".into())
     );
+    // SigV2 (boto3's default presigning for S3): only with AWSAccessKeyId present.
+    assert_eq!(
+        canonical::without_presigned("AWSAccessKeyId=AK&Signature=x%3D&Expires=1&versionId=2"),
+        Some("versionId=2".into())
+    );
+    assert_eq!(
+        canonical::without_presigned("Signature=kept&Expires=1"),
+        None
+    );
 }
 
 #[test]
