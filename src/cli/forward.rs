@@ -30,6 +30,19 @@ fn hosts(config: &Config) -> Vec<String> {
     hosts
 }
 
+/// What an AWS SDK in `exec`'s child finds as its keys: placeholders (the secret one is the
+/// session token, so it is no secret of the API).
+const AWS_PLACEHOLDER_KEY_ID: &str = "AKIASIDEKEYPLACEHOLDER";
+/// Credentials an AWS SDK would otherwise prefer or combine with the placeholders.
+const AWS_REMOVED: [&str; 6] = [
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+];
+
 /// The variables that point a program at the forward proxy on `proxy` and make it trust
 /// the CA (`ca`: the CA alone; `bundle`: system roots + the CA).
 pub fn variables(proxy: &str, ca: &Path, bundle: &Path) -> Vec<(&'static str, String)> {
@@ -45,6 +58,7 @@ pub fn variables(proxy: &str, ca: &Path, bundle: &Path) -> Vec<(&'static str, St
         ("SSL_CERT_FILE", bundle.clone()),
         ("REQUESTS_CA_BUNDLE", bundle.clone()),
         ("CURL_CA_BUNDLE", bundle.clone()),
+        ("AWS_CA_BUNDLE", bundle.clone()),
         ("GIT_SSL_CAINFO", bundle),
         ("NODE_EXTRA_CA_CERTS", ca.display().to_string()),
         ("NODE_USE_ENV_PROXY", "1".into()),
@@ -210,6 +224,12 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
         .iter()
         .filter_map(|a| a.upstream.placeholder_env.clone())
         .collect();
+    // An API signed with SigV4: the child's AWS SDK signs with placeholder keys (sidekey
+    // re-signs), and finds no other credentials to prefer.
+    let aws = c
+        .credentials
+        .iter()
+        .any(|n| n.config.scheme.sigv4().is_some());
     let app = match crate::App::bind_with_ca(c, Some(ca)).await {
         Ok(app) => app,
         Err(e) => {
@@ -243,6 +263,13 @@ pub async fn exec(config: &Path, cmd: &[String], err: &mut dyn Write) -> i32 {
     }
     for var in &placeholders {
         command.env(var, token.as_str());
+    }
+    if aws {
+        for var in AWS_REMOVED {
+            command.env_remove(var);
+        }
+        command.env("AWS_ACCESS_KEY_ID", AWS_PLACEHOLDER_KEY_ID);
+        command.env("AWS_SECRET_ACCESS_KEY", token.as_str());
     }
     let proxy = format!("sidekey:{}@{addr}", token.as_str());
     for (name, value) in variables(&proxy, &ca_file, &bundle) {

@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +38,7 @@ from test_sdks import mint, run_until
 PAIRS = {"AKIDSIDEKEY0001": "real/secret+key/0001", "AKIDSIDEKEY0002": "real/secret+key/0002"}
 SESSION = "real-session-token-0001"
 PLACEHOLDER = "PLACEHOLDERKEY"
+S3_HOST = "s3.eu-west-1.amazonaws.com"
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "expect"}
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
                   r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
@@ -236,9 +238,18 @@ credential = {{ scheme = "aws_sigv4", region = "us-east-1", service = "dynamodb"
 [api.role.permissions]
 "items" = ["POST /"]
 
+[api.s3fwd]
+url = "https://{S3_HOST}"
+connect_to = "127.0.0.1:{front.server.server_address[1]}"
+path_prefix = "/s3fwd"
+ca_file = "ca.pem"
+credential = {{ scheme = "aws_sigv4", region = "eu-west-1", service = "s3", access_key_id_file = "aws/access-key-id", secret_access_key_file = "aws/secret-access-key", session_token_file = "aws/session-token" }}
+[api.s3fwd.permissions]
+"objects:read" = ["GET /{{bucket}}/{{*key}}"]
+
 [service]
 name = "aws-clients"
-allow = ["s3/buckets:create", "s3/objects:list", "s3/objects:read", "s3/objects:write", "ddb/items", "role/items"]
+allow = ["s3/buckets:create", "s3/objects:list", "s3/objects:read", "s3/objects:write", "ddb/items", "role/items", "s3fwd/objects:read"]
 """
 
 
@@ -283,7 +294,7 @@ def main():
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
     with tempfile.TemporaryDirectory() as work:
-        pki = mint(work)
+        pki = mint(work, names=("localhost", S3_HOST))
         front = Verifier(pki, moto_port)
         os.makedirs(os.path.join(work, "aws"))
         swap_keys(work, "AKIDSIDEKEY0001", "2026_12_07_01")
@@ -391,6 +402,29 @@ def main():
             assert not failures, failures[:3]
             assert recent and all(k == "AKIDSIDEKEY0002" for k in recent), recent
             print("key pair rotated three times under load (symlink swap): no failed request, the new pair in use: ok")
+
+            # `sidekey exec`: boto3 unchanged, behind the forward proxy, finds placeholder keys
+            # (and no session token or profile of the parent's) and reaches the real S3 host.
+            script = os.path.join(work, "exec_s3.py")
+            with open(script, "w") as f:
+                f.write(
+                    "import os, boto3\n"
+                    "from botocore.config import Config\n"
+                    "assert 'AWS_SESSION_TOKEN' not in os.environ and 'AWS_PROFILE' not in os.environ\n"
+                    "assert os.environ['AWS_ACCESS_KEY_ID'] != 'AKIDSIDEKEY0001'\n"
+                    "s3 = boto3.client('s3', region_name='eu-west-1', config=Config(s3={'addressing_style': 'path'}))\n"
+                    "body = s3.get_object(Bucket='sidekey-bucket', Key='dir/hello world+@.txt')['Body'].read()\n"
+                    "assert body == b'hello sigv4', body\n"
+                    "print('exec ok')\n")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            env.update(AWS_SESSION_TOKEN="parent-session-token", AWS_PROFILE="parent-profile")
+            before = len(front.seen)
+            r = subprocess.run([binary, "exec", "--config", path, "--", sys.executable, script],
+                               capture_output=True, text=True, timeout=60, env=env)
+            assert r.returncode == 0 and "exec ok" in r.stdout, (r.returncode, r.stdout, r.stderr)
+            hosts = {h["host"] for m, p, h, v in front.seen[before:] if "sidekey-bucket" in p}
+            assert hosts == {S3_HOST}, hosts
+            print("sidekey exec: boto3 unchanged with placeholder keys, its AWS session token and profile removed, S3 signed for its own host: ok")
 
             bad = [(m, p, v) for m, p, h, v in front.seen if v]
             assert not bad, bad[:3]
