@@ -357,6 +357,10 @@ fn credential_schemes_load_and_refuse_by_key() {
             "[credential]\nscheme = \"header\"\nfile = \"k\"\nheader = \"x-api-key\"\nprefix = \"\"",
             "header",
         ),
+        (
+            "[credential]\nscheme = \"aws_sigv4\"\nregion = \"eu-west-1\"\nservice = \"s3\"\naccess_key_id_file = \"a\"\nsecret_access_key_env = \"S\"\nsession_token_file = \"t\"\nmax_signed_body = \"1MiB\"",
+            "aws_sigv4",
+        ),
     ];
     for (table, scheme) in good {
         let d = tmp();
@@ -448,6 +452,41 @@ fn credential_schemes_load_and_refuse_by_key() {
             "scheme = \"header\"\nfile = \"k\"\nparam = \"key\"",
             "credential.param",
             "not a part",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nservice = \"s3\"\naccess_key_id_file = \"a\"\nsecret_access_key_file = \"s\"",
+            "credential.region",
+            "required",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\naccess_key_id_file = \"a\"\nsecret_access_key_file = \"s\"",
+            "credential.service",
+            "required",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\nservice = \"dynamodb\"\npayload = \"unsigned\"\naccess_key_id_file = \"a\"\nsecret_access_key_file = \"s\"",
+            "credential.payload",
+            "S3's alone",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\nservice = \"s3\"\naccess_key_id_file = \"a\"\nsecret_access_key_file = \"s\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nweb_identity_token_file = \"t\"",
+            "credential",
+            "exclude each other",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\nservice = \"s3\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nweb_identity_token_file = \"no-such-token\"",
+            "credential.web_identity_token_file",
+            "cannot read",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\nservice = \"s3\"\naccess_key_id_file = \"a\"",
+            "credential",
+            "secret_access_key_",
+        ),
+        (
+            "scheme = \"aws_sigv4\"\nregion = \"us-east-1\"\nservice = \"s3\"\naccess_key_id_file = \"a\"\nsecret_access_key_file = \"s\"\nmax_signed_body = \"lots\"",
+            "credential.max_signed_body",
+            "size",
         ),
     ];
     for (body, key, says) in bad {

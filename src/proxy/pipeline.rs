@@ -335,6 +335,14 @@ async fn send(
             });
         }
     };
+    if credential.signer().is_some() && super::sign::expired(&resp) {
+        // AWS refused the temporary credentials: one forced refresh (at most once a second).
+        tracing::warn!(
+            fingerprint = credential.fingerprint(),
+            "the upstream answered that the AWS credentials expired: refreshing them now"
+        );
+        shared.reread_keys(std::time::Duration::ZERO).await;
+    }
     let (StatusCode::UNAUTHORIZED, Some(head)) = (resp.status(), head) else {
         if resp.status() == StatusCode::UNAUTHORIZED {
             // A streamed body is never replayed, but the key is re-read at once all the same

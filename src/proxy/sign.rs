@@ -3,6 +3,8 @@
 //! the body stream; otherwise the body is read up to `max_signed_body` and hashed (the one
 //! bounded exception to streaming), and a larger one gets 413 `body_too_large_to_sign` with
 //! nothing sent. A chunk-signed upload gets 400 `aws_chunk_signatures_unsupported`.
+//!
+//! An answer that says the credentials expired forces one refresh ([`expired`]).
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -55,4 +57,46 @@ pub(super) async fn prepare(
         HeaderValue::from_str(&hash).map_err(|_| ProxyError::InvalidRequest("malformed_body"))?;
     parts.headers.insert(sigv4::CONTENT_SHA256, value);
     Ok(Either::Right(Full::new(bytes)))
+}
+
+/// AWS error types that mean the temporary credentials (or the key) are no longer valid.
+const EXPIRED: [&str; 3] = [
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+];
+
+/// A 400 or 403 whose `x-amzn-ErrorType` (JSON and query protocols) names an expired or
+/// unknown token. S3 says so only in its XML body, which is streamed, never read: there the
+/// refresh before expiry (and the key files' watch) is what keeps keys current.
+pub(super) fn expired<B>(resp: &http::Response<B>) -> bool {
+    if !matches!(resp.status().as_u16(), 400 | 403) {
+        return false;
+    }
+    resp.headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or_default())
+        .is_some_and(|t| EXPIRED.contains(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn expired_token_answers() {
+        let resp = |status: u16, t: &str| {
+            http::Response::builder()
+                .status(status)
+                .header("x-amzn-errortype", t)
+                .body(())
+                .unwrap()
+        };
+        assert!(super::expired(&resp(
+            400,
+            "ExpiredTokenException:http://internal.amazon.com/coral/com.amazon.coral.service/"
+        )));
+        assert!(super::expired(&resp(403, "InvalidClientTokenId")));
+        assert!(!super::expired(&resp(500, "ExpiredTokenException")));
+        assert!(!super::expired(&resp(400, "ValidationException")));
+    }
 }

@@ -241,3 +241,122 @@ async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
 fn sigv4_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// One mock as STS (AssumeRoleWithWebIdentity, a new key pair per call) and as the API, which
+/// answers DynamoDB's `ExpiredTokenException` to the first pair it sees used.
+#[tokio::test]
+async fn a_role_mints_at_sts_and_an_expired_token_answer_forces_a_refresh() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let ca = Ca::new("test CA").unwrap();
+    let minted = Arc::new(AtomicUsize::new(0));
+    let used: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (m, u) = (minted.clone(), used.clone());
+    let handler: sidekey::mock::Handler = Arc::new(move |req| {
+        let (m, u) = (m.clone(), u.clone());
+        Box::pin(async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let Some(auth) = auth else {
+                let body = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let form = String::from_utf8_lossy(&body).into_owned();
+                assert!(form.contains("Action=AssumeRoleWithWebIdentity"), "{form}");
+                assert!(
+                    form.contains("WebIdentityToken=web.identity.token"),
+                    "{form}"
+                );
+                assert!(
+                    form.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fapp"),
+                    "{form}"
+                );
+                let n = m.fetch_add(1, Ordering::SeqCst) + 1;
+                let xml = format!(
+                    "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+                     <AccessKeyId>ASIAROLE{n}</AccessKeyId><SecretAccessKey>role-secret-{n}</SecretAccessKey>\
+                     <SessionToken>role-session-{n}</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration>\
+                     </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+                );
+                let mut resp = sidekey::mock::json(http::StatusCode::OK, &serde_json::json!({}));
+                *resp.body_mut() = http_body_util::BodyExt::boxed(
+                    http_body_util::BodyExt::map_err(Full::new(Bytes::from(xml)), |never| {
+                        match never {}
+                    }),
+                );
+                resp.headers_mut()
+                    .insert("content-type", "text/xml".parse().unwrap());
+                return resp;
+            };
+            let id = auth
+                .split("Credential=")
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            u.lock().unwrap().push(id.clone());
+            if id == "ASIAROLE1" {
+                let mut resp = sidekey::mock::json(
+                    http::StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"message": "The security token included in the request is expired"}),
+                );
+                resp.headers_mut().insert(
+                    "x-amzn-errortype",
+                    "ExpiredTokenException:".parse().unwrap(),
+                );
+                return resp;
+            }
+            sidekey::mock::json(http::StatusCode::OK, &serde_json::json!({"TableNames": []}))
+        })
+    });
+    let mock = MockUpstream::start(&ca, handler).await.unwrap();
+    let dir = TempDir::new();
+    dir.write("ca.pem", ca.cert_pem());
+    dir.write("token", "web.identity.token");
+    let config = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.ddb]
+url = "{url}"
+ca_file = "ca.pem"
+path_prefix = "/ddb"
+credential = {{ scheme = "aws_sigv4", region = "us-east-1", service = "dynamodb", role_arn = "arn:aws:iam::1:role/app", web_identity_token_file = "token", sts_url = "{url}/", sts_ca_file = "ca.pem" }}
+[api.ddb.permissions]
+"items" = ["POST /"]
+[service]
+name = "app"
+allow = ["ddb/items"]
+[runtime]
+shutdown_idle = "50ms"
+[reload]
+interval = "30s"
+debounce = "50ms"
+"#,
+        url = mock.url()
+    );
+    let p = TestProxy::start_in(dir, &config).await;
+    let list = || async {
+        let req = http::Request::post("/ddb/")
+            .header("host", "localhost")
+            .header("x-amz-target", "DynamoDB_20120810.ListTables")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        send(p.addr, req).await.status.as_u16()
+    };
+    assert!(eventually(Duration::from_secs(10), || async { list().await != 503 }).await);
+    // The first pair is refused as expired (passed back as it is), which forces a refresh.
+    assert!(eventually(Duration::from_secs(10), || async { list().await == 200 }).await);
+    assert_eq!(minted.load(Ordering::SeqCst), 2);
+    let used = used.lock().unwrap().clone();
+    assert_eq!(used.first().map(String::as_str), Some("ASIAROLE1"));
+    assert_eq!(used.last().map(String::as_str), Some("ASIAROLE2"));
+    p.stop().await;
+}
