@@ -20,7 +20,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mib="${BULK_MIB:-1024}"
 rounds="${BULK_ROUNDS:-3}"
-only=" ${BULK_ONLY:-direct sidekey-h1 sidekey-h2 sidekey-auto nginx nginx-spool} "
+only=" ${BULK_ONLY:-direct sidekey-h1 sidekey-h2 sidekey-auto sidekey-sigv4 nginx nginx-spool} "
 want() { [[ "$only" == *" $1 "* ]]; }
 bin="${SIDEKEY_BIN:-$("$root/benches/build-release.sh" 2>/dev/null)}"
 cargo build --release --locked --example bulk_load --manifest-path "$root/Cargo.toml" >&2
@@ -41,12 +41,21 @@ for _ in $(seq 1 100); do [ -s "$work/upstream.out" ] && break; sleep 0.05; done
 port="$(head -1 "$work/upstream.out")"
 key="sk_bench_bulk_0001"
 printf %s "$key" > "$work/api-key"
+printf %s "AKIDBENCH0001" > "$work/aws-id"
+printf %s "bench/secret/key" > "$work/aws-secret"
+# Row sidekey-sigv4: an S3-style API (payload = "unsigned": the upload streams) over HTTP/1.1.
+sigv4='scheme = "aws_sigv4"
+region = "eu-west-1"
+service = "s3"
+access_key_id_file = "aws-id"
+secret_access_key_file = "aws-secret"'
 truncate -s "${mib}M" "$work/upload.bin"
 bytes=$((mib * 1024 * 1024))
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_sidekey() { # name protocol
+start_sidekey() { # name protocol [credential table]
+  local credential="${3:-file = \"api-key\"}"
   cat > "$work/$1.toml" <<TOML
 [listener]
 address = "127.0.0.1:0"
@@ -57,7 +66,7 @@ url = "https://localhost:$port"
 ca_file = "ca.pem"
 protocol = "$2"
 [credential]
-file = "api-key"
+$credential
 [service]
 name = "bulk-bench"
 allow = ["bulk"]
@@ -195,10 +204,11 @@ for r in $(seq 1 "$rounds"); do
     measure direct up --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/s1/exec"
     measure direct down --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/blob/$bytes"
   fi
-  for row in sidekey-h1:http1 sidekey-h2:http2 sidekey-auto:auto nginx:off nginx-spool:on; do
+  for row in sidekey-h1:http1 sidekey-h2:http2 sidekey-auto:auto sidekey-sigv4:http1 nginx:off nginx-spool:on; do
     name="${row%%:*}" arg="${row#*:}"
     want "$name" || continue
     case "$name" in
+      sidekey-sigv4) start_sidekey "$name" "$arg" "$sigv4" ;;
       sidekey*) start_sidekey "$name" "$arg" ;;
       nginx*) start_nginx "$arg" ;;
     esac

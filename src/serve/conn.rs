@@ -60,7 +60,12 @@ pub(super) async fn drive<IO, H, Fut, B>(
             activity.begin(has_body);
             let busy = Busy(activity.clone());
             let watch = has_body.then(|| activity.clone());
-            let fut = handler(req.map(|inner| RequestBody { inner, watch }));
+            let drain = req.version() == http::Version::HTTP_2;
+            let fut = handler(req.map(|inner| RequestBody {
+                inner: Some(inner),
+                watch,
+                drain,
+            }));
             let switch = switch.clone();
             async move {
                 let Ok(resp) = fut.await;
@@ -141,15 +146,53 @@ impl Drop for Busy {
 }
 
 /// The request body as the handlers see it: tells the connection when it has been read.
+///
+/// An HTTP/2 body dropped unread (a refused request, an upstream that answered early) is
+/// drained in the background, up to [`DRAIN_MAX`] bytes for at most [`DRAIN_FOR`], so the
+/// stream ends with the client's END_STREAM after our answer instead of a RST_STREAM right
+/// behind it, which some clients (curl 7.88) read as no response at all. Past the bound the
+/// stream is reset as before.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     watch: Option<Arc<Activity>>,
+    drain: bool,
 }
+
+/// Most bytes of an unread HTTP/2 request body drained after the answer.
+pub const DRAIN_MAX: usize = 1024 * 1024;
+/// Longest such a drain waits for the client.
+pub const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RequestBody {
     /// A body from a connection this driver does not run (one inside a forward-proxy tunnel).
-    pub fn detached(inner: Incoming) -> Self {
-        Self { inner, watch: None }
+    pub fn detached(inner: Incoming, version: http::Version) -> Self {
+        Self {
+            inner: Some(inner),
+            watch: None,
+            drain: version == http::Version::HTTP_2,
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(inner) = self
+            .inner
+            .take()
+            .filter(|b| self.drain && !b.is_end_stream())
+        else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // Frames are read and dropped: nothing is kept.
+                let mut limited = http_body_util::Limited::new(inner, DRAIN_MAX);
+                let drain = async {
+                    while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut limited).await {}
+                };
+                let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+            });
+        }
     }
 }
 
@@ -162,10 +205,13 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(&mut *inner).poll_frame(cx);
         let ended = match &frame {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) | Poll::Pending => false,
         };
         if ended {
@@ -177,11 +223,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

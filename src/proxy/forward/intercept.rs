@@ -180,7 +180,8 @@ async fn inner(
         .contains_key(http::header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
     let shared = fwd.shared.clone();
-    let req = req.map(RequestBody::detached);
+    let version = req.version();
+    let req = req.map(|b| RequestBody::detached(b, version));
     let Ok(mut resp) = crate::proxy::handle(shared, peer, Via::Forward(api), req).await;
     // A WebSocket inside the tunnel: once hyper has switched, the tunnel runs on it.
     if let (Some(upgrade), Some(on)) = (resp.extensions_mut().remove::<Upgrade>(), on_upgrade) {
