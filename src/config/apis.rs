@@ -97,6 +97,7 @@ pub(super) fn single(
             verify,
             allowed_hosts: Vec::new(),
             scrub_headers: true,
+            scrub_bodies: false,
         }],
         names: vec![names],
         keys: vec![key],
@@ -178,14 +179,15 @@ pub(super) fn named(
             verify: None,
         };
         let allowed_hosts = api.allowed_hosts;
-        let scrub_headers = match api.scrub.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("headers") => true,
-            Some("off") => false,
+        let (scrub_headers, scrub_bodies) = match api.scrub.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("headers") => (true, false),
+            Some("bodies") => (true, true),
+            Some("off") => (false, false),
             Some(other) => {
                 return ctx.err(
                     &format!("{table}.scrub"),
                     api.scrub.as_ref().map(Spanned::span),
-                    format!("`{other}`: use headers (the default) or off (body scrubbing is not built yet)"),
+                    format!("`{other}`: use headers (the default), bodies or off"),
                 );
             }
         };
@@ -219,6 +221,7 @@ pub(super) fn named(
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             scrub_headers,
+            scrub_bodies,
         });
         out.names.push(names);
         out.keys.push(key);

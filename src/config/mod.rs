@@ -90,6 +90,8 @@ pub struct Api {
     pub allowed_hosts: Vec<String>,
     /// Take an echoed credential out of response headers (`scrub = "headers"`, the default).
     pub scrub_headers: bool,
+    /// Also scan textual response bodies (`scrub = "bodies"`).
+    pub scrub_bodies: bool,
 }
 
 /// A bodiless GET or HEAD on one of the API's catalogue routes.

@@ -271,7 +271,13 @@ impl Reloader {
                                 .increment(1);
                             self.shared.set_credential_reloaded_now();
                             key_changed = true;
-                            Some(new)
+                            // Responses are scrubbed of the key it replaces too.
+                            Some(match &old {
+                                Some(o) => Arc::try_unwrap(new)
+                                    .map(|c| Arc::new(c.with_previous(o)))
+                                    .unwrap_or_else(|shared| shared),
+                                None => new,
+                            })
                         }
                     }
                 }

@@ -28,6 +28,7 @@ use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+pub use scrub::Needles;
 pub use source::{Source, looks_like_subpath_mount};
 pub use spec::{MAX_DOCUMENT_LEN, Part, Scheme, Spec};
 
@@ -199,8 +200,11 @@ pub struct Credential {
     loaded_at: SystemTime,
     /// A minted token: its fingerprint, when it was fetched, when it expires.
     token: Option<TokenInfo>,
-    /// Every form of every secret part, for taking an echoed credential out of a response.
-    needles: scrub::Needles,
+    /// Every form of every secret part, for taking an echoed credential out of a response
+    /// (with the previous credential's, after a rotation).
+    needles: Arc<scrub::Needles>,
+    /// This credential's own forms (what its successor adds as the previous one's).
+    own: Arc<scrub::Needles>,
 }
 
 impl fmt::Debug for Credential {
@@ -307,7 +311,7 @@ impl Credential {
             _ => Vec::new(),
         };
         secrets.extend(rendered.iter().map(Vec::as_slice));
-        let needles = scrub::Needles::of(secrets);
+        let needles = Arc::new(scrub::Needles::of(secrets));
         Ok(Self {
             scheme: spec.scheme.name(),
             form,
@@ -318,6 +322,7 @@ impl Credential {
             source: id.source,
             loaded_at: SystemTime::now(),
             token: None,
+            own: needles.clone(),
             needles,
         })
     }
@@ -384,14 +389,14 @@ impl Credential {
         let inputs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
         let id = Identity::of(spec, &inputs, minted.first().copied());
         // The token, and the secret inputs that are keys (not documents such as a PEM key).
-        let needles = scrub::Needles::of(
+        let needles = Arc::new(scrub::Needles::of(
             spec.parts
                 .iter()
                 .zip(&inputs)
                 .filter(|(p, _)| p.source.is_secret() && !p.is_document())
                 .map(|(_, v)| *v)
                 .chain(minted.iter().copied()),
-        );
+        ));
         let stripped = match &form {
             Form::SigV4(_) => vec![sigv4::DATE, sigv4::SECURITY_TOKEN],
             _ => Vec::new(),
@@ -410,8 +415,22 @@ impl Credential {
                 fetched_at,
                 expires_at: fetched_at + lifetime,
             }),
+            own: needles.clone(),
             needles,
         })
+    }
+
+    /// The same credential, also taking `previous`'s secrets out of responses: an answer may
+    /// still quote the key it replaced (a key-management API listing both).
+    #[must_use]
+    pub fn with_previous(mut self, previous: &Credential) -> Self {
+        self.needles = Arc::new(self.own.union(&previous.own));
+        self
+    }
+
+    /// The forms of every secret part, for scanning a streamed response body.
+    pub fn needles(&self) -> &Arc<Needles> {
+        &self.needles
     }
 
     /// Whether `bytes` holds any form of any secret part.

@@ -56,6 +56,8 @@ pub enum ProxyError {
     SignedChunks,
     /// `aws_sigv4` with `payload = "signed"`: the body is over `max_signed_body`.
     BodyTooLargeToSign,
+    /// `scrub = "bodies"`: a textual response came back compressed and cannot be scanned.
+    ResponseNotScrubbable,
 }
 
 impl ProxyError {
@@ -106,11 +108,12 @@ impl ProxyError {
             Self::HostNotLocal | Self::BrowserRefused(_) => StatusCode::FORBIDDEN,
             Self::SignedChunks => StatusCode::BAD_REQUEST,
             Self::BodyTooLargeToSign => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ResponseNotScrubbable => StatusCode::BAD_GATEWAY,
         }
     }
 
     /// Every `code` (and `ERRORS_TOTAL` label) the proxy can answer, for series at 0.
-    pub const CODES: [&'static str; 19] = [
+    pub const CODES: [&'static str; 20] = [
         "invalid_request",
         "route_not_allowed",
         "permission_denied",
@@ -130,6 +133,7 @@ impl ProxyError {
         "browser_request_refused",
         "aws_chunk_signatures_unsupported",
         "body_too_large_to_sign",
+        "response_not_scrubbable",
     ];
 
     /// The stable error code (a contract with clients, dashboards and docs).
@@ -155,6 +159,7 @@ impl ProxyError {
             Self::BrowserRefused(_) => "browser_request_refused",
             Self::SignedChunks => "aws_chunk_signatures_unsupported",
             Self::BodyTooLargeToSign => "body_too_large_to_sign",
+            Self::ResponseNotScrubbable => "response_not_scrubbable",
         }
     }
 
@@ -182,6 +187,7 @@ impl ProxyError {
             | Self::Overloaded
             | Self::TooManyWebSockets
             | Self::Upstream(_)
+            | Self::ResponseNotScrubbable
             | Self::UpstreamUpgrade => "error",
         }
     }
@@ -211,6 +217,7 @@ impl ProxyError {
             Self::BrowserRefused(reason) => format!("a web page cannot use this listener ({reason}); nothing was sent"),
             Self::SignedChunks => "a chunk-signed upload (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) carries signatures made with the caller's key, which sidekey cannot redo: send the body unsigned (UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER) or with its SHA-256; nothing was sent upstream".into(),
             Self::BodyTooLargeToSign => "the body is larger than this API's max_signed_body, the most sidekey reads to hash for the signature; nothing was sent upstream".into(),
+            Self::ResponseNotScrubbable => "the upstream answered with a compressed text body although sidekey asked for none; with scrub = \"bodies\" it cannot be scanned for the key, so it is not passed on".into(),
         }
     }
 

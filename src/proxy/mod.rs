@@ -14,6 +14,7 @@ pub mod local;
 mod pipeline;
 mod request_id;
 mod respond;
+mod scrub;
 mod sign;
 pub mod splice;
 mod unauthorized;
@@ -38,7 +39,7 @@ use crate::upstream::UpstreamBody;
 use caller::Peer;
 
 /// Response body: the upstream's, streamed (holding the in-flight slot), or one of ours.
-pub type ProxyBody = Either<Watched<UpstreamBody>, Full<Bytes>>;
+pub type ProxyBody = Either<Watched<scrub::Scrubbed<UpstreamBody>>, Full<Bytes>>;
 
 /// What the access log and metrics need to know about one request.
 struct Outcome<'s> {

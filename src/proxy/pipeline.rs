@@ -76,6 +76,13 @@ pub(super) async fn forward<'s>(
         .ok_or(ProxyError::CredentialUnavailable)?;
     let caller_guard = limit(snap, state, principal, &parts).await?;
     let host = shape(&mut parts, admitted.target, credential, request_id, out);
+    if snap.config.apis.get(api).is_some_and(|a| a.scrub_bodies) {
+        // Scanned bodies must come uncompressed.
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     // Link headers: rebased onto the shared listener, the API's own, or left alone.
     let links = match via {
         Via::Shared => Some(false),
@@ -94,7 +101,9 @@ pub(super) async fn forward<'s>(
         out.upstream_status = Some(resp.status());
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Refused: passed back as a normal response (the connection is not reused).
-            let at = (principal, api, &**credential, links, host.as_ref());
+            respond::check_scrubbable(snap, api, &resp)?;
+            let path = out.path.as_ref().map_or("", |p| p.path());
+            let at = (principal, api, &**credential, links, host.as_ref(), path);
             return Ok(respond::respond(snap, at, resp, guard, caller_guard));
         }
         let limits = &snap.config.limits;
@@ -117,7 +126,9 @@ pub(super) async fn forward<'s>(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::UpstreamUpgrade);
     }
-    let at = (principal, api, &*sent_key, links, host.as_ref());
+    respond::check_scrubbable(snap, api, &resp)?;
+    let path = out.path.as_ref().map_or("", |p| p.path());
+    let at = (principal, api, &*sent_key, links, host.as_ref(), path);
     Ok(respond::respond(snap, at, resp, guard, caller_guard))
 }
 

@@ -6,7 +6,7 @@
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Either;
 
-use super::{ProxyBody, inject, links};
+use super::{ProxyBody, inject, links, scrub};
 use crate::body::{InFlightGuard, Watched};
 use crate::control::state::Snapshot;
 use crate::credential::Credential;
@@ -14,18 +14,32 @@ use crate::telemetry;
 use crate::upstream::UpstreamBody;
 
 /// Where the response goes: principal, API, the key sent, how link headers are rebased
-/// (`Some(own_listener)`; `None`: left alone), and the `Host` the client used.
+/// (`Some(own_listener)`; `None`: left alone), the `Host` the client used, the path sent.
 pub(super) type At<'a> = (
     usize,
     usize,
     &'a Credential,
     Option<bool>,
     Option<&'a HeaderValue>,
+    &'a str,
 );
+
+/// `scrub = "bodies"`: a textual answer that came back compressed cannot be scanned.
+pub(super) fn check_scrubbable(
+    snap: &Snapshot,
+    api: usize,
+    resp: &Response<UpstreamBody>,
+) -> Result<(), super::ProxyError> {
+    let bodies = snap.config.apis.get(api).is_some_and(|a| a.scrub_bodies);
+    if bodies && scrub::textual(resp.headers()) && scrub::encoded(resp.headers()) {
+        return Err(super::ProxyError::ResponseNotScrubbable);
+    }
+    Ok(())
+}
 
 pub(super) fn respond(
     snap: &Snapshot,
-    (principal, api, credential, own_listener, host): At<'_>,
+    (principal, api, credential, own_listener, host, path): At<'_>,
     mut resp: Response<UpstreamBody>,
     guard: InFlightGuard,
     caller_guard: Option<InFlightGuard>,
@@ -44,11 +58,41 @@ pub(super) fn respond(
         }
         _ => {}
     }
-    if snap.config.apis.get(api).is_some_and(|a| a.scrub_headers) {
+    let cfg = snap.config.apis.get(api);
+    if cfg.is_some_and(|a| a.scrub_headers) {
         scrub_headers(snap, (principal, api, credential), resp.headers_mut());
     }
+    let scan = cfg.is_some_and(|a| a.scrub_bodies) && scrub::textual(resp.headers());
+    let report = scan.then(|| {
+        let (api_name, named) = names(snap, principal, api);
+        scrub::Report {
+            api: api_name.to_owned(),
+            credential: named.to_owned(),
+            fingerprint: credential.fingerprint().to_owned(),
+            path: path.to_owned(),
+        }
+    });
     let idle = snap.config.limits.body_idle_timeout;
-    resp.map(|b| Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard)))
+    resp.map(|b| {
+        let b = match report {
+            Some(r) => scrub::Scrubbed::scanning(b, credential.needles().clone(), r),
+            None => scrub::Scrubbed::plain(b),
+        };
+        Either::Left(Watched::new(b, idle, Some(guard)).holding(caller_guard))
+    })
+}
+
+/// The API's and the credential's names (metric labels).
+fn names(snap: &Snapshot, principal: usize, api: usize) -> (&str, &str) {
+    let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
+    let named = snap
+        .config
+        .principals
+        .get(principal)
+        .and_then(|p| p.credentials.get(api).copied().flatten())
+        .and_then(|s| snap.config.credentials.get(s))
+        .map_or("none", |c| &*c.name);
+    (api_name, named)
 }
 
 /// `sidekey_upstream_unauthorized_total` for the key that was sent.
@@ -133,14 +177,7 @@ fn scrub_headers(
     if found == 0 {
         return;
     }
-    let api_name = snap.config.apis.get(api).map_or("none", |a| &*a.name);
-    let named = snap
-        .config
-        .principals
-        .get(principal)
-        .and_then(|p| p.credentials.get(api).copied().flatten())
-        .and_then(|s| snap.config.credentials.get(s))
-        .map_or("none", |c| &*c.name);
+    let (api_name, named) = names(snap, principal, api);
     metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "where" => "header").increment(found as u64);
     tracing::warn!(
         api = api_name,

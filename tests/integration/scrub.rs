@@ -99,3 +99,180 @@ async fn an_echoed_key_is_taken_out_of_response_headers() {
     assert_eq!(r.headers["x-debug-key"], format!("your key is {KEY}"));
     p.stop().await;
 }
+
+/// A body sent in the chunks given, `gap` apart (so they reach sidekey as separate reads).
+struct Chunked(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn respond_with(
+    ct: &str,
+    encoding: Option<&str>,
+    chunks: Vec<String>,
+) -> http::Response<sidekey::mock::MockBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(bytes::Bytes::from(c)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let mut resp = sidekey::mock::json(http::StatusCode::OK, &serde_json::json!({}));
+    *resp.body_mut() = http_body_util::BodyExt::boxed(Chunked(rx));
+    resp.headers_mut()
+        .insert("content-type", ct.parse().unwrap());
+    if let Some(e) = encoding {
+        resp.headers_mut()
+            .insert("content-encoding", e.parse().unwrap());
+    }
+    resp
+}
+
+#[tokio::test]
+async fn with_bodies_an_echoed_key_is_taken_out_of_streamed_text_bodies() {
+    let ca = Ca::new("test CA").unwrap();
+    let asked_identity = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = asked_identity.clone();
+    let handler: sidekey::mock::Handler = Arc::new(move |req| {
+        if req
+            .headers()
+            .get("accept-encoding")
+            .is_some_and(|v| v == "identity")
+        {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let path = req.uri().path().to_owned();
+        Box::pin(async move {
+            let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(KEY);
+            let pct =
+                percent_encoding::utf8_percent_encode(KEY, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let (head, tail) = KEY.split_at(7);
+            match path.as_str() {
+                "/v1/json" => respond_with(
+                    "application/json",
+                    None,
+                    vec![format!(
+                        "{{\"error\":\"Invalid API key: {KEY}\",\"b64\":\"{b64}\",\"pct\":\"{pct}\"}}"
+                    )],
+                ),
+                // The key crosses chunk boundaries inside an SSE stream.
+                "/v1/sse" => respond_with(
+                    "text/event-stream",
+                    None,
+                    vec![
+                        "data: {\"delta\":\"hi\"}\n\n".into(),
+                        format!("data: {{\"echo\":\"{head}"),
+                        format!("{tail}\"}}\n\n"),
+                        "data: [DONE]\n\n".into(),
+                    ],
+                ),
+                "/v1/gzip" => respond_with(
+                    "application/json",
+                    Some("gzip"),
+                    vec![format!("not really gzip {KEY}")],
+                ),
+                _ => respond_with(
+                    "application/octet-stream",
+                    None,
+                    vec![format!("binary {KEY}")],
+                ),
+            }
+        })
+    });
+    let mock = MockUpstream::start(&ca, handler).await.unwrap();
+    let dir = TempDir::new();
+    dir.write("ca.pem", ca.cert_pem());
+    dir.write("key", KEY);
+    let config = format!(
+        r#"
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.echo]
+url = "{}"
+ca_file = "ca.pem"
+path_prefix = "/"
+scrub = "bodies"
+credential = {{ file = "key" }}
+[api.echo.permissions]
+"read" = ["GET /v1/{{what}}"]
+[service]
+name = "scrub-test"
+allow = ["echo/read"]
+[runtime]
+shutdown_idle = "50ms"
+"#,
+        mock.url()
+    );
+    let p = TestProxy::start_in(dir, &config).await;
+    let stars = "*".repeat(KEY.len());
+
+    let r = get(p.addr, "/v1/json").await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        !body.contains(KEY) && !body.contains("0123456789"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("Invalid API key: {stars}")),
+        "{body}"
+    );
+
+    let r = get(p.addr, "/v1/sse").await;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(
+        body,
+        format!("data: {{\"delta\":\"hi\"}}\n\ndata: {{\"echo\":\"{stars}\"}}\n\ndata: [DONE]\n\n")
+    );
+
+    // Compressed text cannot be scanned: refused, never passed on.
+    let r = get(p.addr, "/v1/gzip").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (502, "response_not_scrubbable")
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(KEY));
+
+    // Binary types pass unscanned (documented).
+    let r = get(p.addr, "/v1/blob").await;
+    assert_eq!(String::from_utf8_lossy(&r.body), format!("binary {KEY}"));
+
+    assert_eq!(asked_identity.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // After a rotation, an answer that still quotes the replaced key is scrubbed too.
+    std::fs::write(p.dir.path().join("key"), "sk_rotated_key_9876543210").unwrap();
+    let new_fp = sidekey::credential::fingerprint(b"sk_rotated_key_9876543210");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            String::from_utf8_lossy(&get(p.admin, "/credential").await.body).contains(&new_fp)
+        })
+        .await
+    );
+    let r = get(p.addr, "/v1/json").await;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!body.contains(KEY) && body.contains(&stars), "{body}");
+    let m = metrics(&p).await;
+    assert!(
+        m.lines().any(|l| l.starts_with("sidekey_key_echoes_total")
+            && l.contains("where=\"body\"")
+            && l.ends_with(" 7")),
+        "{m}"
+    );
+    p.stop().await;
+}
