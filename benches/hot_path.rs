@@ -274,6 +274,35 @@ fn bench_inject(c: &mut Criterion) {
     g.finish();
 }
 
+/// `scrub = "bodies"`: what a streamed JSON chunk costs (the search for every form of the
+/// key, then the check of its tail), as bytes per second on one core; and the header scrub's
+/// per-response check.
+fn bench_scrub(c: &mut Criterion) {
+    let spec = sidekey::credential::Spec::header(
+        Source::Env("UNUSED".into()),
+        http::header::AUTHORIZATION,
+        "Bearer ",
+    );
+    let credential =
+        Credential::from_values(&spec, &[b"sk_live_0123456789abcdef/+xyz"]).expect("credential");
+    let needles = credential.needles().clone();
+    // 16 KiB of a realistic JSON listing (no key in it: the common case).
+    let mut json = String::from("[");
+    while json.len() < 16 * 1024 {
+        json.push_str(r#"{"id":"sb_01HZX3K9","status":"running","created_at":"2026-12-07T10:00:00Z","labels":{"team":"payments","env":"prod"},"usage":{"cpu_ms":123456,"mem_mb":512}},"#);
+    }
+    let chunk = json.into_bytes();
+    let mut g = c.benchmark_group("scrub");
+    g.throughput(criterion::Throughput::Bytes(chunk.len() as u64));
+    g.bench_function("json_chunk_16k", |b| {
+        b.iter(|| {
+            let found = needles.found_in(black_box(&chunk));
+            black_box(found || needles.held_tail(&chunk) > 0)
+        })
+    });
+    g.finish();
+}
+
 fn bench_snapshot(c: &mut Criterion) {
     // The real thing: a config from disk, composed and published as the proxy does.
     let dir = std::env::temp_dir().join(format!("sidekey-bench-{}", std::process::id()));
@@ -297,6 +326,7 @@ criterion_group!(
     bench_decide_apis,
     bench_decide_shipped,
     bench_inject,
+    bench_scrub,
     bench_snapshot
 );
 criterion_main!(benches);

@@ -11,6 +11,8 @@
 #   BULK_MIB=256 BULK_ROUNDS=1 benches/large-bodies.sh
 #   BULK_ONLY="sidekey-h1 nginx" benches/large-bodies.sh   # some rows only
 #   BULK_PERF=1 BULK_ONLY=sidekey-h2 benches/large-bodies.sh  # + perf's top symbols per transfer
+#   BULK_JSON=1 BULK_ONLY="sidekey-h1 sidekey-scrub" benches/large-bodies.sh  # JSON downloads,
+#                                          # scanned for the key by the sidekey-scrub row
 #
 # nginx: the peer harness's job (allow-list map, key header, verified TLS, keep-alive pool) with
 # `client_max_body_size 0` and nginx's default buffer sizes; row `nginx` with
@@ -20,7 +22,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mib="${BULK_MIB:-1024}"
 rounds="${BULK_ROUNDS:-3}"
-only=" ${BULK_ONLY:-direct sidekey-h1 sidekey-h2 sidekey-auto sidekey-sigv4 nginx nginx-spool} "
+only=" ${BULK_ONLY:-direct sidekey-h1 sidekey-h2 sidekey-auto sidekey-sigv4 sidekey-scrub nginx nginx-spool} "
+# Downloads as JSON text (application/json) instead of octet-stream.
+json_query=""
+[ "${BULK_JSON:-0}" = 1 ] && json_query="?json"
 want() { [[ "$only" == *" $1 "* ]]; }
 bin="${SIDEKEY_BIN:-$("$root/benches/build-release.sh" 2>/dev/null)}"
 cargo build --release --locked --example bulk_load --manifest-path "$root/Cargo.toml" >&2
@@ -54,9 +59,29 @@ bytes=$((mib * 1024 * 1024))
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_sidekey() { # name protocol [credential table]
+start_sidekey() { # name protocol [credential table] [scrub mode: the API-table shape]
   local credential="${3:-file = \"api-key\"}"
-  cat > "$work/$1.toml" <<TOML
+  if [ -n "${4:-}" ]; then
+    cat > "$work/$1.toml" <<TOML
+[listener]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[api.bulk]
+url = "https://localhost:$port"
+ca_file = "ca.pem"
+protocol = "$2"
+path_prefix = "/"
+scrub = "$4"
+credential = { $credential }
+[api.bulk.permissions]
+bulk = ["GET /v1/sandboxes/blob/{n}", "POST /v1/sandboxes/{id}/exec"]
+[service]
+name = "bulk-bench"
+allow = ["bulk/bulk"]
+TOML
+  else
+    cat > "$work/$1.toml" <<TOML
 [listener]
 address = "127.0.0.1:0"
 [admin]
@@ -73,6 +98,7 @@ allow = ["bulk"]
 [permissions]
 bulk = ["GET /v1/sandboxes/blob/{n}", "POST /v1/sandboxes/{id}/exec"]
 TOML
+  fi
   RUST_LOG=warn,sidekey=info,sidekey::access=off $pin_proxy "$bin" run --config "$work/$1.toml" > "$work/$1.out" 2>&1 &
   pid=$!
   pids+=($pid)
@@ -202,20 +228,21 @@ for r in $(seq 1 "$rounds"); do
   echo "## round $r"
   if want direct; then
     measure direct up --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/s1/exec"
-    measure direct down --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/blob/$bytes"
+    measure direct down --http1.1 --cacert "$work/ca.pem" "https://localhost:$port/v1/sandboxes/blob/$bytes$json_query"
   fi
-  for row in sidekey-h1:http1 sidekey-h2:http2 sidekey-auto:auto sidekey-sigv4:http1 nginx:off nginx-spool:on; do
+  for row in sidekey-h1:http1 sidekey-h2:http2 sidekey-auto:auto sidekey-sigv4:http1 sidekey-scrub:http1 nginx:off nginx-spool:on; do
     name="${row%%:*}" arg="${row#*:}"
     want "$name" || continue
     case "$name" in
       sidekey-sigv4) start_sidekey "$name" "$arg" "$sigv4" ;;
+      sidekey-scrub) start_sidekey "$name" "$arg" 'file = "api-key"' bodies ;;
       sidekey*) start_sidekey "$name" "$arg" ;;
       nginx*) start_nginx "$arg" ;;
     esac
     # A small request first, as an app's traffic has: under auto, it finds HTTP/2.
     curl -s -o /dev/null "http://$addr/v1/sandboxes/blob/1"
     measure "$name" up "http://$addr/v1/sandboxes/s1/exec"
-    measure "$name" down "http://$addr/v1/sandboxes/blob/$bytes"
+    measure "$name" down "http://$addr/v1/sandboxes/blob/$bytes$json_query"
     echo "# $name peak RSS $(hwm "$pid") kB"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

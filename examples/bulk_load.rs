@@ -6,7 +6,7 @@
 //!   bulk_load upstream DIR    # writes DIR/ca.pem, prints the port
 //!
 //! `POST /...` answers `{"bytes":N}` once the whole body is read;
-//! `GET /v1/sandboxes/blob/N` answers N bytes.
+//! `GET /v1/sandboxes/blob/N` answers N bytes (`?json`: JSON text, `application/json`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,9 +28,14 @@ async fn main() {
     };
     let ca = sidekey::pki::Ca::new("bulk bench CA").unwrap();
     std::fs::write(format!("{}/ca.pem", args[2]), ca.cert_pem()).unwrap();
-    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let plain = Bytes::from(vec![b'x'; CHUNK]);
+    // A JSON listing's text, repeated to fill the chunk (what a scanned body looks like).
+    let item = r#"{"id":"sb_01HZX3K9","status":"running","created_at":"2026-12-07T10:00:00Z","labels":{"team":"payments","env":"prod"},"usage":{"cpu_ms":123456,"mem_mb":512}},"#;
+    let text: Vec<u8> = item.bytes().cycle().take(CHUNK).collect();
+    let json_chunk = Bytes::from(text);
     let handler: sidekey::mock::Handler = Arc::new(move |req| {
-        let chunk = chunk.clone();
+        let json = req.uri().query().is_some_and(|q| q.contains("json"));
+        let chunk = if json { json_chunk.clone() } else { plain.clone() };
         Box::pin(async move {
             if req.method() == Method::POST {
                 let mut body = req.into_body();
@@ -63,6 +68,10 @@ async fn main() {
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-length", size)
+                .header(
+                    "content-type",
+                    if json { "application/json" } else { "application/octet-stream" },
+                )
                 .body(StreamBody::new(chunks).boxed())
                 .unwrap()
         })
