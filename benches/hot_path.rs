@@ -301,6 +301,16 @@ fn bench_scrub(c: &mut Criterion) {
         })
     });
     g.finish();
+    // One SSE event (a streamed completion's delta): the delay scanning adds to it.
+    let event = br#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" world"}}]}
+
+"#;
+    c.bench_function("scrub/sse_event", |b| {
+        b.iter(|| {
+            let e = black_box(&event[..]);
+            black_box(needles.found_in(e) || needles.held_tail(e) > 0)
+        })
+    });
 }
 
 fn bench_snapshot(c: &mut Criterion) {

@@ -78,8 +78,8 @@ pid=$!
 pids+=($pid)
 shared="" own="" fwd=""
 for _ in $(seq 1 100); do
-  shared="$(grep 'sidekey bound' "$work/sidekey.out" | sed -n 's/.*"listener":"\([0-9.:]*\)".*/\1/p' | head -1)"
-  own="$(grep 'api listener bound' "$work/sidekey.out" | sed -n 's/.*"listener":"\([0-9.:]*\)".*/\1/p' | head -1)"
+  shared="$(grep 'sidekey bound' "$work/sidekey.out" | sed -n 's/.*"listener":"\([0-9.:]*\)".*/\1/p' | head -1 || true)"
+  own="$(grep 'api listener bound' "$work/sidekey.out" | sed -n 's/.*"listener":"\([0-9.:]*\)".*/\1/p' | head -1 || true)"
   fwd="$(sed -n 's/.*"forward_proxy":"\([0-9.:]*\)".*/\1/p' "$work/sidekey.out" | head -1)"
   [ -n "$shared" ] && [ -n "$own" ] && [ -n "$fwd" ] && break
   sleep 0.1
@@ -89,22 +89,26 @@ if [ -z "$shared" ] || [ -z "$own" ] || [ -z "$fwd" ]; then
 fi
 
 cat > "$work/allowed.lua" <<'LUA'
-local reqs = { wrk.format("GET", "/main/v1/items"), wrk.format("GET", "/main/v1/items/it_1") }
+-- (wrk.format at load time has no Host of wrk's own yet: name it)
+local h = {Host = "localhost"}
+local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_1", h) }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
 LUA
 cat > "$work/own.lua" <<'LUA'
-local reqs = { wrk.format("GET", "/v1/items"), wrk.format("GET", "/v1/items/it_2") }
+local h = {Host = "localhost"}
+local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_2", h) }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
 LUA
 cat > "$work/refused.lua" <<'LUA'
 -- denied (permission), no route, ambiguous path, a body to a denied route
+local h = {Host = "localhost"}
 local reqs = {
-  wrk.format("DELETE", "/main/v1/items/it_1"),
-  wrk.format("GET", "/v2/unknown"),
-  wrk.format("GET", "/main/v1/items/%2e%2e/admin"),
-  wrk.format("POST", "/main/v1/items", {["Content-Length"] = "2"}, "{}"),
+  wrk.format("DELETE", "/main/v1/items/it_1", h),
+  wrk.format("GET", "/v2/unknown", h),
+  wrk.format("GET", "/main/v1/items/%2e%2e/admin", h),
+  wrk.format("POST", "/main/v1/items", {Host = "localhost", ["Content-Length"] = "2"}, "{}"),
 }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
