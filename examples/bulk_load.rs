@@ -35,7 +35,11 @@ async fn main() {
     let json_chunk = Bytes::from(text);
     let handler: sidekey::mock::Handler = Arc::new(move |req| {
         let json = req.uri().query().is_some_and(|q| q.contains("json"));
-        let chunk = if json { json_chunk.clone() } else { plain.clone() };
+        let chunk = if json {
+            json_chunk.clone()
+        } else {
+            plain.clone()
+        };
         Box::pin(async move {
             if req.method() == Method::POST {
                 let mut body = req.into_body();
@@ -70,7 +74,11 @@ async fn main() {
                 .header("content-length", size)
                 .header(
                     "content-type",
-                    if json { "application/json" } else { "application/octet-stream" },
+                    if json {
+                        "application/json"
+                    } else {
+                        "application/octet-stream"
+                    },
                 )
                 .body(StreamBody::new(chunks).boxed())
                 .unwrap()

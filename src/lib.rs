@@ -388,7 +388,12 @@ fn warn_outside_ca(config: &Config, ca: &control::ca::InterceptCa) {
         return;
     };
     for api in &config.apis {
-        if let Some((host, _)) = config::api_key(api) {
+        let wildcard = api.wildcard_hosts.iter().map(|s| format!("x.{s}"));
+        for host in config::api_key(api)
+            .map(|(h, _)| h)
+            .into_iter()
+            .chain(wildcard)
+        {
             if !control::ca::permits(&permitted, &host) {
                 tracing::warn!(
                     api = &*api.name,

@@ -17,13 +17,20 @@ pub enum Shell {
     Fish,
 }
 
-/// The hosts of every configured API (the CA's name constraints).
+/// The hosts of every configured API (the CA's name constraints), with each `hosts`
+/// wildcard's suffix (a name constraint covers every name under it).
 fn hosts(config: &Config) -> Vec<String> {
     let mut hosts: Vec<String> = config
         .apis
         .iter()
         .filter_map(api_key)
         .map(|(h, _)| h)
+        .chain(
+            config
+                .apis
+                .iter()
+                .flat_map(|a| a.wildcard_hosts.iter().cloned()),
+        )
         .collect();
     hosts.sort();
     hosts.dedup();

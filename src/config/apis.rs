@@ -98,6 +98,7 @@ pub(super) fn single(
             allowed_hosts: Vec::new(),
             scrub_headers: true,
             scrub_bodies: false,
+            wildcard_hosts: Vec::new(),
         }],
         names: vec![names],
         keys: vec![key],
@@ -191,6 +192,7 @@ pub(super) fn named(
                 );
             }
         };
+        let wildcard_hosts = wildcards(ctx, &table, api.hosts.as_ref())?;
         let upstream = upstream(ctx, &table, up)?;
         let file = files.remove(&name);
         let permissions_path = file.as_ref().map(|(p, _, _)| p.clone());
@@ -222,6 +224,7 @@ pub(super) fn named(
                 .collect(),
             scrub_headers,
             scrub_bodies,
+            wildcard_hosts,
         });
         out.names.push(names);
         out.keys.push(key);
@@ -365,4 +368,34 @@ fn verify(
         method,
         target: pq.clone(),
     }))
+}
+
+/// `hosts = ["*.s3.eu-west-1.amazonaws.com"]`: one leading wildcard label on a name of at
+/// least two labels; anything else is refused.
+fn wildcards(
+    ctx: &Ctx<'_>,
+    table: &str,
+    hosts: Option<&Spanned<Vec<String>>>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(hosts) = hosts else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for h in hosts.get_ref() {
+        let suffix = h
+            .strip_prefix("*.")
+            .and_then(super::normalise_host)
+            .filter(|s| s.contains('.') && !s.contains('*'));
+        match suffix {
+            Some(s) => out.push(s),
+            None => {
+                return ctx.err(
+                    &format!("{table}.hosts"),
+                    Some(hosts.span()),
+                    format!("`{h}`: give one leading wildcard label on a DNS name, like \"*.s3.eu-west-1.amazonaws.com\""),
+                );
+            }
+        }
+    }
+    Ok(out)
 }

@@ -92,6 +92,9 @@ pub struct Api {
     pub scrub_headers: bool,
     /// Also scan textual response bodies (`scrub = "bodies"`).
     pub scrub_bodies: bool,
+    /// `hosts = ["*.SUFFIX"]`: the forward proxy also intercepts every `LABEL.SUFFIX` (one
+    /// label) for this API and sends it there. Stored as the suffixes, lower case.
+    pub wildcard_hosts: Vec<String>,
 }
 
 /// A bodiless GET or HEAD on one of the API's catalogue routes.

@@ -74,8 +74,10 @@ pub(crate) struct RawApi {
     /// `Host` names its own listener serves besides loopback ones.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
-    /// `headers` (default) | `off`: take an echoed credential out of responses.
+    /// `headers` (default) | `bodies` | `off`: take an echoed credential out of responses.
     pub scrub: Option<Spanned<String>>,
+    /// Forward proxy: more names intercepted for this API (`*.s3.eu-west-1.amazonaws.com`).
+    pub hosts: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

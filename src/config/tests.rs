@@ -530,3 +530,35 @@ fn verify_is_a_catalogue_get() {
         assert_eq!(e.line, Some(4), "{e}");
     }
 }
+
+/// `hosts`: one leading wildcard label on a name of two labels or more.
+#[test]
+fn wildcard_hosts_take_one_leading_label() {
+    let with = |hosts: &str| {
+        format!(
+            "[api.s3]\nurl = \"https://s3.eu-west-1.amazonaws.com\"\npath_prefix = \"/s3\"\nhosts = {hosts}\ncredential = {{ file = \"k\" }}\npermissions = {{ \"r\" = [\"GET /{{b}}\"] }}\n[service]\nname = \"s\"\nallow = [\"s3/r\"]\n"
+        )
+    };
+    let d = tmp();
+    let c = Config::load(&write(
+        &d,
+        "s.toml",
+        &with("[\"*.S3.eu-west-1.amazonaws.com.\"]"),
+    ))
+    .unwrap();
+    assert_eq!(c.apis[0].wildcard_hosts, ["s3.eu-west-1.amazonaws.com"]);
+    for bad in [
+        "[\"s3.amazonaws.com\"]",
+        "[\"*.com\"]",
+        "[\"*.*.amazonaws.com\"]",
+        "[\"a.*.amazonaws.com\"]",
+        "[\"*.\"]",
+    ] {
+        let e = load_err(&with(bad));
+        assert_eq!(e.key, "api.s3.hosts", "{bad}: {e}");
+        assert!(
+            e.message.contains("one leading wildcard label"),
+            "{bad}: {e}"
+        );
+    }
+}

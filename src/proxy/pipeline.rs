@@ -64,11 +64,24 @@ pub(super) async fn forward<'s>(
         ),
         _ => None,
     };
-    let upstream = &snap
-        .apis
-        .get(api)
-        .ok_or(ProxyError::RouteNotAllowed)?
-        .upstream;
+    // Through the forward proxy, a name a wildcard intercepts comes with its own client.
+    let own_upstream = match via {
+        Via::Forward(_) => parts
+            .extensions
+            .remove::<super::forward::HostUpstream>()
+            .map(|u| u.0),
+        _ => None,
+    };
+    let upstream = match &own_upstream {
+        Some(u) => u,
+        None => {
+            &snap
+                .apis
+                .get(api)
+                .ok_or(ProxyError::RouteNotAllowed)?
+                .upstream
+        }
+    };
     // Fail closed: no key, nothing sent. The key is this API's, for this principal: it
     // only ever goes to this API's origin (the upstream client adds that origin).
     let credential = snap

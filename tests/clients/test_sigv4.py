@@ -240,6 +240,7 @@ credential = {{ scheme = "aws_sigv4", region = "us-east-1", service = "dynamodb"
 
 [api.s3fwd]
 url = "https://{S3_HOST}"
+hosts = ["*.{S3_HOST}"]
 connect_to = "127.0.0.1:{front.server.server_address[1]}"
 path_prefix = "/s3fwd"
 ca_file = "ca.pem"
@@ -294,7 +295,7 @@ def main():
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
     with tempfile.TemporaryDirectory() as work:
-        pki = mint(work, names=("localhost", S3_HOST))
+        pki = mint(work, names=("localhost", S3_HOST, f"*.{S3_HOST}"))
         front = Verifier(pki, moto_port)
         os.makedirs(os.path.join(work, "aws"))
         swap_keys(work, "AKIDSIDEKEY0001", "2026_12_07_01")
@@ -412,9 +413,10 @@ def main():
                     "from botocore.config import Config\n"
                     "assert 'AWS_SESSION_TOKEN' not in os.environ and 'AWS_PROFILE' not in os.environ\n"
                     "assert os.environ['AWS_ACCESS_KEY_ID'] != 'AKIDSIDEKEY0001'\n"
-                    "s3 = boto3.client('s3', region_name='eu-west-1', config=Config(s3={'addressing_style': 'path'}))\n"
-                    "body = s3.get_object(Bucket='sidekey-bucket', Key='dir/hello world+@.txt')['Body'].read()\n"
-                    "assert body == b'hello sigv4', body\n"
+                    "for style in ('path', 'virtual'):\n"
+                    "    s3 = boto3.client('s3', region_name='eu-west-1', config=Config(s3={'addressing_style': style}))\n"
+                    "    body = s3.get_object(Bucket='sidekey-bucket', Key='dir/hello world+@.txt')['Body'].read()\n"
+                    "    assert body == b'hello sigv4', (style, body)\n"
                     "print('exec ok')\n")
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             env.update(AWS_SESSION_TOKEN="parent-session-token", AWS_PROFILE="parent-profile")
@@ -422,9 +424,10 @@ def main():
             r = subprocess.run([binary, "exec", "--config", path, "--", sys.executable, script],
                                capture_output=True, text=True, timeout=60, env=env)
             assert r.returncode == 0 and "exec ok" in r.stdout, (r.returncode, r.stdout, r.stderr)
-            hosts = {h["host"] for m, p, h, v in front.seen[before:] if "sidekey-bucket" in p}
-            assert hosts == {S3_HOST}, hosts
-            print("sidekey exec: boto3 unchanged with placeholder keys, its AWS session token and profile removed, S3 signed for its own host: ok")
+            hosts = {h["host"] for m, p, h, v in front.seen[before:] if "hello" in p}
+            assert hosts == {S3_HOST, f"sidekey-bucket.{S3_HOST}"}, hosts
+            print("sidekey exec: boto3 unchanged with placeholder keys, its AWS session token and profile removed; "
+                  "path-style and virtual-hosted (a `hosts` wildcard) requests each signed for their own host: ok")
 
             bad = [(m, p, v) for m, p, h, v in front.seen if v]
             assert not bad, bad[:3]

@@ -104,8 +104,17 @@ pub(super) async fn run(
         clock: clock.clone(),
     };
     let inner_closing = closing.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    // A name a wildcard (`hosts`) intercepts has its own client (its TLS name and `Host`).
+    let own = {
+        let snap = fwd.shared.load();
+        let index = snap.config.apis.iter().position(|a| a.name == api);
+        index.and_then(|i| fwd.upstream_for(&snap.config, i, &host, port))
+    };
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let (fwd, api, host, peer) = (fwd.clone(), api.clone(), host.clone(), peer.clone());
+        if let Some(u) = &own {
+            req.extensions_mut().insert(super::HostUpstream(u.clone()));
+        }
         let closing = inner_closing.clone();
         async move {
             let at = (&*host, port);

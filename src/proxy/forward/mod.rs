@@ -43,7 +43,26 @@ pub struct Forward {
     /// configured hosts (a leaf is only ever minted for one).
     leaves: ArcSwap<Leaves>,
     tunnels: Arc<AtomicUsize>,
+    /// Clients for names a wildcard (`hosts`) intercepts, by API and host; built for the
+    /// config they were made from.
+    hosted: ArcSwap<Hosted>,
 }
+
+/// Upstream clients of wildcard-intercepted names.
+#[derive(Default)]
+struct Hosted {
+    /// The config they were built from.
+    config: Option<Arc<Config>>,
+    by_host: HashMap<(usize, String), Arc<crate::upstream::Upstream>>,
+}
+
+/// Most wildcard-intercepted names kept with a client (then the cache starts over).
+const MAX_HOSTED: usize = 256;
+
+/// A request extension: the client for the name this forward-proxy request was for, when
+/// that is not the API's own host (a `hosts` wildcard).
+#[derive(Clone)]
+pub struct HostUpstream(pub Arc<crate::upstream::Upstream>);
 
 #[derive(Default)]
 struct Leaves {
@@ -80,6 +99,19 @@ pub fn route(config: &Config, host: &str, port: u16) -> Target {
             }
             host_matched |= h == host;
         }
+    }
+    // `hosts = ["*.SUFFIX"]`: one more label in front of the suffix, on the API's port.
+    for (i, api) in config.apis.iter().enumerate() {
+        let Some((_, p)) = api_key(api) else { continue };
+        let wild = api.wildcard_hosts.iter().any(|suffix| {
+            host.strip_suffix(suffix.as_str())
+                .and_then(|front| front.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+        });
+        if wild && p == port {
+            return Target::Intercept(i);
+        }
+        host_matched |= wild;
     }
     if host_matched {
         return Target::Deny("port_not_allowed");
@@ -132,6 +164,7 @@ impl Forward {
             ca: ArcSwap::from_pointee(ca),
             leaves: ArcSwap::default(),
             tunnels: Arc::new(AtomicUsize::new(0)),
+            hosted: ArcSwap::default(),
         })
     }
 
@@ -152,6 +185,59 @@ impl Forward {
 
     /// The TLS config for `host`: the current leaf, or a new one when there is none, it was
     /// signed by another CA, or two thirds of its validity are gone.
+    /// The client for `host` when it is not API `api`'s own host (a wildcard name): the
+    /// API's upstream settings with that authority, so TLS, `Host` and a signature name it.
+    pub(crate) fn upstream_for(
+        &self,
+        config: &Arc<Config>,
+        api: usize,
+        host: &str,
+        port: u16,
+    ) -> Option<Arc<crate::upstream::Upstream>> {
+        let cfg = config.apis.get(api)?;
+        if api_key(cfg).is_some_and(|(h, _)| h == host) {
+            return None;
+        }
+        let same = |c: &Option<Arc<Config>>| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, config));
+        let hosted = self.hosted.load();
+        if same(&hosted.config) {
+            if let Some(u) = hosted.by_host.get(&(api, host.to_owned())) {
+                return Some(u.clone());
+            }
+        }
+        let mut upstream_cfg = cfg.upstream.clone();
+        // The default port is left out, as clients write it (and as a signature names it).
+        let default = if cfg.upstream.scheme == http::uri::Scheme::HTTP {
+            80
+        } else {
+            443
+        };
+        upstream_cfg.authority = match port == default {
+            true => host.parse().ok()?,
+            false => format!("{host}:{port}").parse().ok()?,
+        };
+        let client = match crate::upstream::Upstream::new(&upstream_cfg) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot build a client for a wildcard host");
+                return None;
+            }
+        };
+        self.hosted.rcu(|old| {
+            let mut by_host = if same(&old.config) && old.by_host.len() < MAX_HOSTED {
+                old.by_host.clone()
+            } else {
+                HashMap::new()
+            };
+            by_host.insert((api, host.to_owned()), client.clone());
+            Hosted {
+                config: Some(config.clone()),
+                by_host,
+            }
+        });
+        Some(client)
+    }
+
     fn leaf(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
         let ca = self.ca.load();
         let leaves = self.leaves.load();
@@ -436,6 +522,14 @@ async fn absolute(
             parts.headers.insert(http::header::HOST, h);
         }
         Err(_) => return refuse(&ProxyError::InvalidRequest("invalid_host"), request_id),
+    }
+    let index = snap.config.apis.iter().position(|a| a.name == name);
+    let own = normalise_host(&host)
+        .zip(index)
+        .and_then(|(h, i)| fwd.upstream_for(&snap.config, i, &h, port));
+    if let Some(u) = own.map(HostUpstream) {
+        parts.headers.insert(http::header::HOST, u.0.host().clone());
+        parts.extensions.insert(u);
     }
     drop(snap);
     let shared = fwd.shared.clone();

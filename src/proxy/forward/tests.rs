@@ -20,6 +20,7 @@ permissions = {{ "models" = ["GET /v1/models"] }}
 
 [api.banata]
 url = "https://api.banata.test:8443"
+hosts = ["*.buckets.banata.test"]
 path_prefix = "/banata"
 credential = {{ file = "k" }}
 permissions = {{ "read" = ["GET /v1/sandboxes"] }}
@@ -53,6 +54,37 @@ fn the_connect_authority_is_the_routing_key() {
         ("127.0.0.1", 443, Target::Deny("ip_literal")),
         ("[::1]", 443, Target::Deny("ip_literal")),
         ("a_b.test", 443, Target::Deny("invalid_host")),
+        // `hosts`: one label in front of the wildcard's suffix, on the API's port.
+        (
+            "bucket-1.buckets.banata.test",
+            8443,
+            Target::Intercept(banata),
+        ),
+        (
+            "Bucket-1.Buckets.banata.test.",
+            8443,
+            Target::Intercept(banata),
+        ),
+        (
+            "bucket-1.buckets.banata.test",
+            443,
+            Target::Deny("port_not_allowed"),
+        ),
+        (
+            "a.b.buckets.banata.test",
+            8443,
+            Target::Deny("host_not_configured"),
+        ),
+        (
+            "buckets.banata.test",
+            8443,
+            Target::Deny("host_not_configured"),
+        ),
+        (
+            "xbuckets.banata.test",
+            8443,
+            Target::Deny("host_not_configured"),
+        ),
     ];
     for (host, port, want) in cases {
         assert_eq!(route(&c, host, port), want, "{host}:{port}");
