@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real-client suite: official SDKs (openai, anthropic, PyGithub, twilio, python-telegram-bot,
-# datadog-api-client), curl, requests, httpx and Node through one sidekey (reverse
+# datadog-api-client, boto3 against moto), curl, requests, httpx and Node through one sidekey (reverse
 # and forward proxy), against TLS mocks on loopback.
 # Idempotent: makes (or reuses) a virtualenv under target/, installs the pinned clients from
 # tests/clients/requirements.txt and undici under target/clients-node, builds sidekey if

@@ -11,8 +11,11 @@ the request on to `moto`'s server mode, which plays S3, DynamoDB and STS.
   max_signed_body gets 413 with nothing sent; a chunk-signed upload gets 400.
 - A role: STS AssumeRoleWithWebIdentity (moto) mints temporary keys; requests are signed with
   them and carry the session token.
+- A plain client with no declared hash: S3's UNSIGNED-PAYLOAD (streamed), and an S3 API with
+  payload = "signed" (sidekey hashes the body).
 - Rotation of the key pair (a kubelet-style symlink swap) under load: no failed request.
-- sidekey's log holds no secret, session token or signature.
+- `sidekey exec`: boto3 unchanged, path-style and virtual-hosted (`hosts` wildcard).
+- sidekey's log, /metrics and /credential hold no secret, session token or signature.
 
 Run by tests/clients/run.sh; needs the sidekey binary as argv[1].
 """
@@ -222,6 +225,14 @@ session_token_file = "aws/session-token"
 "objects:read" = ["GET /{{bucket}}/{{*key}}", "HEAD /{{bucket}}/{{*key}}"]
 "objects:write" = ["PUT /{{bucket}}/{{*key}}", "POST /{{bucket}}/{{*key}}"]
 
+[api.s3signed]
+url = "{front.origin}"
+ca_file = "ca.pem"
+path_prefix = "/s3signed"
+credential = {{ scheme = "aws_sigv4", region = "eu-west-1", service = "s3", payload = "signed", access_key_id_file = "aws/access-key-id", secret_access_key_file = "aws/secret-access-key", session_token_file = "aws/session-token" }}
+[api.s3signed.permissions]
+"objects:write" = ["PUT /{{bucket}}/{{*key}}"]
+
 [api.ddb]
 url = "{front.origin}"
 ca_file = "ca.pem"
@@ -250,7 +261,7 @@ credential = {{ scheme = "aws_sigv4", region = "eu-west-1", service = "s3", acce
 
 [service]
 name = "aws-clients"
-allow = ["s3/buckets:create", "s3/objects:list", "s3/objects:read", "s3/objects:write", "ddb/items", "role/items", "s3fwd/objects:read"]
+allow = ["s3/buckets:create", "s3/objects:list", "s3/objects:read", "s3/objects:write", "ddb/items", "role/items", "s3fwd/objects:read", "s3signed/objects:write"]
 """
 
 
@@ -306,6 +317,7 @@ def main():
             f.write(config(front, work))
         log_path = os.path.join(work, "sidekey.log")
         proc, event, log = run_until(binary, path, log_path, "sidekey bound")
+        metrics = ""
         try:
             # The front itself refuses a forged signature (the check can fail).
             forged = "AWS4-HMAC-SHA256 Credential=AKIDSIDEKEY0001/20261207/eu-west-1/s3/aws4_request, " \
@@ -348,6 +360,19 @@ def main():
                 r = requests.get(url, timeout=10)
                 assert r.status_code == 200 and r.content == b"hello sigv4", (r.status_code, r.text)
             print("presigned URLs (SigV2 and SigV4 query forms) with placeholder keys: their signature removed, the request re-signed: ok")
+
+            # A plain client (no AWS SDK, no declared hash): S3 gets UNSIGNED-PAYLOAD and the
+            # body streams; with payload = "signed" sidekey hashes the body. Both verified.
+            r = requests.put(f"http://{s3_addr}/sidekey-bucket/plain-unsigned", data=b"plain body one", timeout=10)
+            assert r.status_code == 200, (r.status_code, r.text)
+            r = requests.put(f"{base}/s3signed/sidekey-bucket/plain-signed", data=b"plain body two", timeout=10)
+            assert r.status_code == 200, (r.status_code, r.text)
+            declared = {p.split("?")[0]: h["x-amz-content-sha256"] for m, p, h, v in front.seen if m == "PUT" and "plain-" in p}
+            assert declared == {"/sidekey-bucket/plain-unsigned": "UNSIGNED-PAYLOAD",
+                                "/sidekey-bucket/plain-signed": hashlib.sha256(b"plain body two").hexdigest()}, declared
+            for key, want in (("plain-unsigned", b"plain body one"), ("plain-signed", b"plain body two")):
+                assert s3.get_object(Bucket="sidekey-bucket", Key=key)["Body"].read() == want, key
+            print("S3 without a declared hash: UNSIGNED-PAYLOAD streamed, and with payload = \"signed\" the body's hash, both verified: ok")
 
             ddb = boto3.client("dynamodb", endpoint_url=f"{base}/ddb", region_name="us-east-1",
                                config=Config(retries={"max_attempts": 1}), **placeholder)
@@ -437,18 +462,21 @@ def main():
                 for param in ("x-amz-signature", "x-amz-credential", "awsaccesskeyid", "signature="):
                     assert param not in p.lower(), p
             print(f"{len(front.seen)} requests at the front, every one signed by sidekey, no placeholder or caller signature: ok")
+            metrics = requests.get(f"http://{event['admin']}/metrics", timeout=10).text
+            metrics += requests.get(f"http://{event['admin']}/credential", timeout=10).text
         finally:
             proc.terminate()
             proc.wait(timeout=30)
             log.seek(0)
-            text = log.read()
+            text = log.read() + metrics
             moto.stop()
         secrets = list(PAIRS.values()) + [SESSION] + list(front.tokens.values()) + \
             [s for k, s in front.secrets.items() if k not in PAIRS]
         for secret in secrets:
-            assert secret not in text and urllib.parse.quote(secret, safe="") not in text, "a secret appeared in sidekey's log"
-        assert not any(sig in text for sig in front.signatures), "a signature appeared in sidekey's log"
-        print("sidekey's log: no secret key, session token or signature: ok")
+            assert secret not in text and urllib.parse.quote(secret, safe="") not in text, "a secret appeared in sidekey's log or metrics"
+        assert not any(sig in text for sig in front.signatures), "a signature appeared in sidekey's log or metrics"
+        assert "sidekey_requests_total" in metrics and "fingerprint" in metrics, metrics[:200]
+        print("sidekey's log, /metrics and /credential: no secret key, session token or signature: ok")
 
 
 if __name__ == "__main__":
