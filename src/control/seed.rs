@@ -64,7 +64,9 @@ pub(super) fn key_series(config: &Config, credentials: &[Option<Arc<Credential>>
         for result in ["ok", "invalid", "error"] {
             metrics::counter!(telemetry::CREDENTIAL_RELOADS_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "result" => result).increment(0);
         }
-        metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "where" => "header").increment(0);
+        for place in ["header", "body"] {
+            metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => api.to_owned(), "credential" => named.name.to_string(), "where" => place).increment(0);
+        }
         // Token schemes: the fetch results, and the expiry at 0 until a token is minted.
         if named.config.scheme.mint().is_some() {
             for result in [
