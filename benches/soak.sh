@@ -94,12 +94,32 @@ local h = {Host = "localhost"}
 local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_1", h) }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
+-- Statuses other than 200, counted per thread and printed at the end.
+bad = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status) if status ~= 200 then bad[status] = (bad[status] or 0) + 1 end end
+function done()
+  for _, t in ipairs(threads) do
+    for status, n in pairs(t:get("bad")) do io.write("status ", status, ": ", n, "\n") end
+  end
+end
 LUA
 cat > "$work/own.lua" <<'LUA'
 local h = {Host = "localhost"}
 local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_2", h) }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
+-- Statuses other than 200, counted per thread and printed at the end.
+bad = {}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function response(status) if status ~= 200 then bad[status] = (bad[status] or 0) + 1 end end
+function done()
+  for _, t in ipairs(threads) do
+    for status, n in pairs(t:get("bad")) do io.write("status ", status, ": ", n, "\n") end
+  end
+end
 LUA
 cat > "$work/refused.lua" <<'LUA'
 -- denied (permission), no route, ambiguous path, a body to a denied route
@@ -174,8 +194,10 @@ echo "  forward proxy:              $(awk '{print $1}' "$work/forward.out" | tai
 echo "  WebSocket:                  $ws_ok sessions of 8 MiB each way completed, $ws_bad failed"
 echo "start (median of the first 30 s under load): rss ${rss0} kB, fds ${fd0}"
 echo "end   (median of the last 30 s under load):  rss ${rss1} kB, fds ${fd1}"
-[ "$(failures "$work/wrk-shared.out")" = 0 ] || { echo "FAIL: failed requests on the shared listener"; ok=0; }
-[ "$(failures "$work/wrk-own.out")" = 0 ] || { echo "FAIL: failed requests on the API's own listener"; ok=0; }
+[ "$(failures "$work/wrk-shared.out")" = 0 ] || { echo "FAIL: failed requests on the shared listener:"; grep -E "^status|Socket" "$work/wrk-shared.out"; ok=0; }
+[ "$(failures "$work/wrk-own.out")" = 0 ] || { echo "FAIL: failed requests on the API's own listener:"; grep -E "^status|Socket" "$work/wrk-own.out"; ok=0; }
+# sidekey's log, kept for a look after a failure.
+cp "$work/sidekey.out" "${SOAK_LOG:-/tmp/soak-sidekey.log}"
 [ "$ws_bad" = 0 ] && [ "$ws_ok" -gt 0 ] || { echo "FAIL: WebSocket sessions failed:"; tail -3 "$work/ws.err"; ok=0; }
 awk -v a="$rss0" -v b="$rss1" 'BEGIN { exit !(b <= a * 1.10) }' || { echo "FAIL: RSS grew more than 10%"; ok=0; }
 awk -v a="$fd0" -v b="$fd1" 'BEGIN { exit !(b <= a * 1.10 + 1) }' || { echo "FAIL: fd count grew more than 10%"; ok=0; }

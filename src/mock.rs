@@ -90,8 +90,17 @@ impl MockUpstream {
         let (recs, conns, on) = (records.clone(), connections.clone(), recording.clone());
         tokio::spawn(async move {
             loop {
+                // An accept error (a connection reset in the backlog, a full fd table) must not
+                // end the loop: `Ok(..) = accept()` in `select!` would disable the branch and
+                // leave the mock deaf for good (found by the 30-minute soak).
                 let stream = tokio::select! {
-                    Ok((s, _)) = listener.accept() => s,
+                    accepted = listener.accept() => match accepted {
+                        Ok((s, _)) => s,
+                        Err(_) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
                     _ = stopped.changed() => return,
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
