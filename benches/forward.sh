@@ -7,6 +7,10 @@
 #
 #   benches/forward.sh                       # 50 connections, 10 s each way, 3 rounds
 #   FWD_CONNS=10 FWD_SECS=5 FWD_ROUNDS=1 benches/forward.sh
+# Then new connections per second (FWD_NEW_CONNS workers in a closed loop, each request on a
+# connection of its own, closed after the answer): plain HTTP to the reverse listener, and
+# tunnels through the forward proxy (CONNECT + TLS handshake + GET + close), with a full
+# handshake every time and with the client resuming its TLS session. FWD_NEW=0 skips it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 conns="${FWD_CONNS:-50}"
@@ -78,4 +82,15 @@ for r in $(seq 1 "$rounds"); do
   fw="$(measure forward "$fwd" "$host" /v1/items "$work/ca/ca.crt" "$conns" "$secs")"
   echo "$r $dr $rv $fw"
 done
+if [ "${FWD_NEW:-1}" = 1 ]; then
+  nc="${FWD_NEW_CONNS:-8}" ns="${FWD_NEW_SECS:-5}"
+  echo "# new connections: $nc workers, ${ns} s each, one request per connection"
+  echo "round reverse_conn_per_s reverse_cpu_us_per_conn tunnel_per_s tunnel_cpu_us resumed_per_s resumed_cpu_us"
+  for r in $(seq 1 "$rounds"); do
+    rv="$(measure reverse-new "$rev" /bench/v1/items "$nc" "$ns")"
+    fw="$(measure forward-new "$fwd" "$host" /v1/items "$work/ca/ca.crt" "$nc" "$ns")"
+    fr="$(measure forward-new "$fwd" "$host" /v1/items "$work/ca/ca.crt" "$nc" "$ns" resume)"
+    echo "$r $rv $fw $fr"
+  done
+fi
 echo "# sidekey RSS after: $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") kB, peak $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") kB"

@@ -8,6 +8,12 @@
 //!   forward_load direct UPSTREAM_ADDR HOST PATH CA_PEM CONNS SECS
 //!   forward_load forward PROXY HOST PATH CA_PEM CONNS SECS
 //!   forward_load reverse ADDR PATH CONNS SECS
+//!   forward_load forward-new PROXY HOST PATH CA_PEM CONNS SECS [resume]
+//!   forward_load reverse-new ADDR PATH CONNS SECS
+//!
+//! The `-new` modes open a new connection (or tunnel: CONNECT, a full TLS handshake unless
+//! `resume` lets the client resume its last session) for every request and close it after
+//! the answer: new connections per second, by CONNS workers in a closed loop.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -62,6 +68,30 @@ async fn run() {
             let (conns, secs) = (a[4].parse().unwrap(), a[5].parse().unwrap());
             let (addr, path) = (a[2].clone(), a[3].clone());
             load(conns, secs, move || {
+                let (addr, path) = (addr.clone(), path.clone());
+                async move { reverse(&addr, &path).await }
+            })
+            .await;
+        }
+        Some("forward-new") => {
+            let mut cfg = tls(&a[5]);
+            if a.get(8).map(String::as_str) != Some("resume") {
+                cfg.resumption = rustls::client::Resumption::disabled();
+            }
+            let tls = Arc::new(cfg);
+            let (conns, secs) = (a[6].parse().unwrap(), a[7].parse().unwrap());
+            let (proxy, host, path) = (a[2].clone(), a[3].clone(), a[4].clone());
+            churn(conns, secs, move || {
+                let (proxy, host, path, tls) =
+                    (proxy.clone(), host.clone(), path.clone(), tls.clone());
+                async move { forward(&proxy, &host, &path, tls).await }
+            })
+            .await;
+        }
+        Some("reverse-new") => {
+            let (conns, secs) = (a[4].parse().unwrap(), a[5].parse().unwrap());
+            let (addr, path) = (a[2].clone(), a[3].clone());
+            churn(conns, secs, move || {
                 let (addr, path) = (addr.clone(), path.clone());
                 async move { reverse(&addr, &path).await }
             })
@@ -138,6 +168,39 @@ where
     println!("{n} {:.0}", n as f64 / start.elapsed().as_secs_f64());
 }
 
+/// `conns` workers, each opening a connection, sending one request and closing, again and
+/// again for `secs` seconds; prints `connections per_second`.
+async fn churn<F, Fut>(conns: usize, secs: u64, open: F)
+where
+    F: Fn() -> Fut + 'static,
+    Fut: std::future::Future<Output = (Sender, Request<Empty<Bytes>>)> + 'static,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let open = std::rc::Rc::new(open);
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..conns {
+        let (done, open) = (done.clone(), open.clone());
+        workers.push(tokio::task::spawn_local(async move {
+            while Instant::now() < end {
+                let (mut tx, mut req) = open().await;
+                req.headers_mut()
+                    .insert(http::header::CONNECTION, "close".parse().unwrap());
+                let resp = tx.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let _ = resp.into_body().collect().await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed);
+    println!("{n} {:.0}", n as f64 / start.elapsed().as_secs_f64());
+}
+
 async fn forward(
     proxy: &str,
     host: &str,
@@ -192,7 +255,7 @@ async fn reverse(addr: &str, path: &str) -> (Sender, Request<Empty<Bytes>>) {
     tokio::task::spawn_local(conn);
     let req = Request::builder()
         .uri(path)
-        .header("host", "app.local")
+        .header("host", addr) // a loopback Host: the listener refuses others (DNS rebinding)
         .body(Empty::new())
         .unwrap();
     (tx, req)

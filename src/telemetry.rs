@@ -14,6 +14,9 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+mod budget;
+pub use budget::WarnBudget;
+
 /// Proxied requests: `caller` (the service, or the gateway caller; `unidentified`), `api`
 /// (`none`: under no API's prefix), `permission`, `decision` (allow, deny, reject, error, would_deny), `status`.
 pub const REQUESTS_TOTAL: &str = "sidekey_requests_total";

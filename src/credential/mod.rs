@@ -346,6 +346,11 @@ impl Credential {
         self.needles.found_in(bytes)
     }
 
+    /// `Some(n)`: log this echo, `n` were left out since the last warning (one per period).
+    pub fn may_warn_echo(&self) -> Option<u64> {
+        self.needles.may_warn()
+    }
+
     /// Replaces every form of every secret part in `bytes` with `*`; how many were found.
     pub fn scrub(&self, bytes: &mut [u8]) -> usize {
         self.needles.scrub(bytes)

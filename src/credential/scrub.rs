@@ -13,6 +13,10 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use percent_encoding::{NON_ALPHANUMERIC, percent_encode};
 use zeroize::Zeroizing;
 
+use std::time::Duration;
+
+use crate::telemetry::WarnBudget;
+
 /// Shortest secret looked for.
 const MIN_LEN: usize = 8;
 
@@ -24,7 +28,13 @@ pub struct Needles {
     /// Bytes any form starts with (a chunk's tail is checked from those only).
     first: [bool; 256],
     longest: usize,
+    /// One echo warning per period for this credential (every echo is still counted).
+    warnings: WarnBudget,
 }
+
+/// At most one echo warning per credential this often; the next one says how many echoes
+/// were left out (`sidekey_key_echoes_total` counts each).
+const ECHO_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Default for Needles {
     fn default() -> Self {
@@ -32,6 +42,7 @@ impl Default for Needles {
             finders: Vec::new(),
             first: [false; 256],
             longest: 0,
+            warnings: WarnBudget::new(ECHO_WARN_EVERY),
         }
     }
 }
@@ -98,6 +109,7 @@ impl Needles {
                 .iter()
                 .map(|n| memchr::memmem::Finder::new(n.as_slice()).into_owned())
                 .collect(),
+            warnings: WarnBudget::new(ECHO_WARN_EVERY),
         }
     }
 
@@ -118,7 +130,13 @@ impl Needles {
             longest: self.longest.max(other.longest),
             first,
             finders,
+            warnings: WarnBudget::new(ECHO_WARN_EVERY),
         }
+    }
+
+    /// `Some(n)`: log this echo, `n` echoes were not logged since the last warning.
+    pub fn may_warn(&self) -> Option<u64> {
+        self.warnings.may_warn()
     }
 
     /// Whether there is anything to look for.

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::telemetry::WarnBudget;
+
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// At most one fallback warning per this long (the rest are counted in the next one).
@@ -20,8 +22,7 @@ pub(super) struct Health {
     pub(super) last_failure: AtomicU8,
     pub(super) last_failure_unix: AtomicU64,
     pub(super) last_ok_unix: AtomicU64,
-    last_warn: AtomicU64,
-    suppressed: AtomicU64,
+    warnings: WarnBudget,
 }
 
 impl Health {
@@ -33,8 +34,7 @@ impl Health {
             last_failure: AtomicU8::new(0),
             last_failure_unix: AtomicU64::new(0),
             last_ok_unix: AtomicU64::new(0),
-            last_warn: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+            warnings: WarnBudget::new(WARN_EVERY),
         }
     }
 
@@ -98,16 +98,7 @@ impl Health {
 
     /// `Some(n)`: warn now, `n` fallbacks were not logged since the last warning.
     pub(super) fn may_warn(&self) -> Option<u64> {
-        let now = self.now().max(1);
-        let last = self.last_warn.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_nanos() as u64 {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        self.last_warn
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
+        self.warnings.may_warn()
     }
 }
 
@@ -195,16 +186,10 @@ mod tests {
     }
 
     #[test]
-    fn warnings_are_rate_limited_and_count_what_they_skipped() {
-        let mut h = Health::new();
-        // A minute of uptime, so that "ten seconds ago" exists.
-        h.epoch = Instant::now()
-            .checked_sub(Duration::from_secs(60))
-            .unwrap_or(h.epoch);
+    fn fallback_warnings_are_rate_limited() {
+        let h = Health::new();
         assert_eq!(h.may_warn(), Some(0));
         assert_eq!(h.may_warn(), None);
         assert_eq!(h.may_warn(), None);
-        h.last_warn.store(1, Ordering::Relaxed);
-        assert_eq!(h.may_warn(), Some(2));
     }
 }

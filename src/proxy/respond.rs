@@ -179,11 +179,15 @@ fn scrub_headers(
     }
     let (api_name, named) = names(snap, principal, api);
     metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => api_name.to_owned(), "credential" => named.to_owned(), "where" => "header").increment(found as u64);
+    let Some(unlogged) = credential.may_warn_echo() else {
+        return;
+    };
     tracing::warn!(
         api = api_name,
         credential = named,
         fingerprint = credential.fingerprint(),
         echoes = found,
+        unlogged,
         "the upstream echoed the credential in a response header; taken out before the app saw it (treat the key as published)"
     );
 }

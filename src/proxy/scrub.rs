@@ -120,12 +120,16 @@ impl State {
     fn echoed(&self, found: usize) {
         let r = &self.report;
         metrics::counter!(telemetry::KEY_ECHOES_TOTAL, "api" => r.api.clone(), "credential" => r.credential.clone(), "where" => "body").increment(found as u64);
+        let Some(unlogged) = self.needles.may_warn() else {
+            return;
+        };
         tracing::warn!(
             api = r.api,
             credential = r.credential,
             fingerprint = r.fingerprint,
             path = r.path,
             echoes = found,
+            unlogged,
             "the upstream echoed the credential in a response body; taken out before the app saw it (treat the key as published)"
         );
     }

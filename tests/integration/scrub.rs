@@ -14,6 +14,12 @@ use crate::support::*;
 const KEY: &str = "sk_echo+me/0123456789";
 
 async fn start(scrub: &str) -> (TestProxy, MockUpstream) {
+    let (dir, config, mock) = echoing(scrub).await;
+    (TestProxy::start_in(dir, &config).await, mock)
+}
+
+/// A mock that echoes the key in three response headers, and a config for it.
+async fn echoing(scrub: &str) -> (TempDir, String, MockUpstream) {
     let ca = Ca::new("test CA").unwrap();
     let handler: sidekey::mock::Handler = Arc::new(|_req| {
         Box::pin(async move {
@@ -58,7 +64,7 @@ allow = ["echo/read"]
 "#,
         mock.url()
     );
-    (TestProxy::start_in(dir, &config).await, mock)
+    (dir, config, mock)
 }
 
 #[tokio::test]
@@ -114,6 +120,46 @@ impl http_body::Body for Chunked {
             .poll_recv(cx)
             .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
     }
+}
+
+/// An upstream that echoes the key on every response is an incident, but a warning per
+/// response would flood the log (and cost a write on every request): the first echo is
+/// logged at once, then at most one line per 10 s; the metric counts every echo.
+#[tokio::test]
+async fn a_key_echoed_on_every_response_is_logged_once_and_counted_each_time() {
+    let (dir, config, _mock) = echoing("").await;
+    dir.write("sidekey.toml", &config);
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let run = Running::start(
+        &dir.path().join("sidekey.toml"),
+        "info",
+        &dir.path().join("logs"),
+    )
+    .await;
+    for _ in 0..20 {
+        let r = get(run.proxy, "/v1/x").await;
+        assert_eq!(
+            r.headers["x-debug-key"],
+            format!("your key is {}", "*".repeat(KEY.len()))
+        );
+    }
+    let m = String::from_utf8_lossy(&get(run.admin, "/metrics").await.body).into_owned();
+    assert!(
+        m.lines().any(|l| l.starts_with("sidekey_key_echoes_total")
+            && l.contains("where=\"header\"")
+            && l.ends_with(" 60")),
+        "{m}"
+    );
+    let stdout = run.stdout.clone();
+    assert_eq!(run.stop().await, Some(0));
+    let log = std::fs::read_to_string(stdout).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("echoed the credential in a response header"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("\"unlogged\":0"), "{}", warnings[0]);
+    drop(dir);
 }
 
 fn respond_with(
