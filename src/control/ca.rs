@@ -187,11 +187,13 @@ impl InterceptCa {
             .map_err(|e| e.to_string())?;
         let chain = vec![cert.der().clone(), self.cert.clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        let mut tls = rustls::ServerConfig::builder_with_provider(intercept_provider())
             .with_safe_default_protocol_versions()
             .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
             .map_err(|e| e.to_string())?;
+        // Our order, not the client's: OpenSSL clients list AES-256-GCM-SHA384 first, whose
+        // SHA-384 transcript and key schedule run without SHA extensions on most CPUs.
+        tls.ignore_client_order = true;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         metrics::counter!(crate::telemetry::LEAF_CERTS_MINTED_TOTAL).increment(1);
         Ok(Arc::new(tls))
@@ -212,6 +214,28 @@ impl InterceptCa {
                 .collect(),
         )
     }
+}
+
+/// The intercepting side's suites: ring's, with the SHA-256 ones first (AES-128-GCM, then
+/// ChaCha20-Poly1305, then AES-256-GCM-SHA384), for TLS 1.3 and 1.2 alike. AES-128-GCM is
+/// TLS 1.3's mandatory suite and matches the P-256 leaf's 128-bit strength; a new tunnel's
+/// handshake then hashes with SHA-256, which CPUs accelerate (SHA-384 they mostly do not).
+fn intercept_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider
+                .cipher_suites
+                .sort_by_key(|s| match s.suite().as_str().unwrap_or_default() {
+                    n if n.contains("AES_128_GCM") => 0,
+                    n if n.contains("CHACHA20") => 1,
+                    _ => 2,
+                });
+            Arc::new(provider)
+        })
+        .clone()
 }
 
 /// Whether a name-constrained CA may sign for `host` (RFC 5280 DNS subtree: the name itself

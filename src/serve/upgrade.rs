@@ -71,6 +71,20 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    // Vectored, like the socket under it: TLS writes a handshake flight's records in one
+    // writev instead of a send per record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

@@ -269,6 +269,46 @@ async fn an_intercepted_call_gets_a_path_key_in_place_of_the_placeholder() {
     s.p.stop().await;
 }
 
+/// A client that lists AES-256-GCM-SHA384 first (OpenSSL's order) still gets
+/// AES-128-GCM-SHA256: a new tunnel's handshake hashes with SHA-256 (accelerated), not
+/// SHA-384. TLS 1.3 and 1.2 alike.
+#[tokio::test]
+async fn the_tunnel_handshake_picks_sidekeys_suite_order() {
+    use rustls::CipherSuite as C;
+    let s = setup("").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(s.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    for (versions, expected) in [
+        (&rustls::version::TLS13, C::TLS13_AES_128_GCM_SHA256),
+        (
+            &rustls::version::TLS12,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let mut provider = rustls::crypto::ring::default_provider();
+        // AES-256 first, as OpenSSL lists them.
+        provider
+            .cipher_suites
+            .sort_by_key(|c| !format!("{:?}", c.suite()).contains("AES_256"));
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[versions])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let (tcp, head) = connect(s.p.forward.unwrap(), &format!("{HOST}:443")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let tls = TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(suite, expected);
+    }
+    s.p.stop().await;
+}
+
 #[tokio::test]
 async fn sni_must_be_the_connect_host() {
     let s = setup("trust_dir = \"trust\"").await;
