@@ -25,17 +25,25 @@ pub(super) fn textual(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence.starts_with("text/")
-        || essence == "application/json"
-        || essence == "application/x-www-form-urlencoded"
-        || essence.ends_with("+json")
-        || essence.ends_with("+xml")
+    // Compared in place (no lower-cased copy per response).
+    let essence = ct.split(';').next().unwrap_or_default().trim().as_bytes();
+    let starts = |p: &str| {
+        essence
+            .get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    let ends = |p: &str| {
+        essence
+            .len()
+            .checked_sub(p.len())
+            .and_then(|i| essence.get(i..))
+            .is_some_and(|t| t.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    starts("text/")
+        || essence.eq_ignore_ascii_case(b"application/json")
+        || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        || ends("+json")
+        || ends("+xml")
 }
 
 /// Whether the body is compressed (any `Content-Encoding` but `identity`).
@@ -325,10 +333,19 @@ mod tests {
             "application/atom+xml",
             "text/plain",
             "application/x-www-form-urlencoded",
+            "Application/JSON",
+            "TEXT/HTML",
+            "application/Problem+JSON",
         ] {
             assert!(textual(&h(ct)), "{ct}");
         }
-        for ct in ["application/octet-stream", "image/png", "application/grpc"] {
+        for ct in [
+            "application/octet-stream",
+            "image/png",
+            "application/grpc",
+            "json",
+            "+xm",
+        ] {
             assert!(!textual(&h(ct)), "{ct}");
         }
         let mut m = h("application/json");

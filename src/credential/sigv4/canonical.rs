@@ -43,16 +43,18 @@ const PRESIGNED_V2: [&str; 5] = [
 /// `query` without a caller's presigning parameters (names compared decoded, any case); the
 /// other pairs keep their bytes and order. `None`: nothing to remove.
 pub fn without_presigned(query: &str) -> Option<String> {
-    let name = |pair: &str| {
+    // Borrowed unless the name is percent-encoded; compared without a lower-cased copy.
+    fn name(pair: &str) -> std::borrow::Cow<'_, str> {
         let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
-        percent_decode_str(raw)
-            .decode_utf8_lossy()
-            .to_ascii_lowercase()
-    };
-    let v2 = query.split('&').any(|p| name(p) == "awsaccesskeyid");
+        percent_decode_str(raw).decode_utf8_lossy()
+    }
+    let v2 = query
+        .split('&')
+        .any(|p| name(p).eq_ignore_ascii_case("awsaccesskeyid"));
     let ours = |pair: &str| {
         let n = name(pair);
-        PRESIGNED.iter().any(|p| n == *p) || (v2 && PRESIGNED_V2.iter().any(|p| n == *p))
+        PRESIGNED.iter().any(|p| n.eq_ignore_ascii_case(p))
+            || (v2 && PRESIGNED_V2.iter().any(|p| n.eq_ignore_ascii_case(p)))
     };
     if !query.split('&').any(ours) {
         return None;
