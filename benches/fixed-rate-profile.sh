@@ -15,6 +15,8 @@
 # Needs ../shared/peers/setup.sh --with-oha (nginx, oha, the CA), perf and strace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=benches/profile-lib.sh
+. "$here/profile-lib.sh"
 root="$(cd "$here/.." && pwd)"
 peers="${PEERS_DIR:-$root/../shared/peers}"
 state="${PEERS_STATE:-$peers}"
@@ -29,28 +31,9 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 work="$(mktemp -d)"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-render() { # SRC DST KEY=VAL...
-  local src="$1" dst="$2" args=() kv
-  shift 2
-  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-  sed "${args[@]}" "$src" > "$dst"
-}
-wait_ok() { for _ in $(seq 1 200); do curl -s -o /dev/null "$@" && return 0; sleep 0.05; done; return 1; }
+start_upstream "$peers" "$pki" "$work"
 
-up_port="$(free_port)" up_status="$(free_port)"
-mkdir -p "$work/upstream-tmp"
-render "$peers/conf/upstream-nginx.conf" "$work/upstream.conf" UP_WORKERS="$(nproc)" \
-  RUNDIR="$work" UP_PORT="$up_port" UP_STATUS_PORT="$up_status" PKI="$pki"
-"$nginx_bin" -e "$work/upstream.error.log" -p "$work" -c "$work/upstream.conf" > "$work/upstream.out" 2>&1 &
-pids+=($!)
-wait_ok "http://127.0.0.1:$up_status/status"
-
-# Kubernetes-style secret dir, as the harness makes it.
-mkdir -p "$work/secret/..2026_01_01.1"
-printf %s test-key-1 > "$work/secret/..2026_01_01.1/key"
-ln -s ..2026_01_01.1 "$work/secret/..data"
-ln -s ..data/key "$work/secret/key"
+secret_dir "$work/secret" test-key-1 # Kubernetes-style, as the harness makes it
 port="$(free_port)"
 case "$target" in
   sidekey)
@@ -122,7 +105,7 @@ if [ -n "${PROFILE_TRACE:-}" ]; then
   exit 0
 fi
 echo "syscalls_per_req (strace -c -f over $n requests)"
-awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { calls = $4; name = $NF; if (n > 0 && calls / n >= 0.01) printf "  %-16s %6.2f\n", name, calls / n }' "$work/strace.txt" | sort -k2 -rn
+syscalls_per "$work/strace.txt" "$n"
 
 if [ "$do_perf" = 1 ]; then
   # PROFILE_CALLGRAPH=dwarf for callers (the release binary has no frame pointers);
@@ -133,10 +116,5 @@ if [ "$do_perf" = 1 ]; then
   load "$secs" > /dev/null
   kill -INT "$pr"; wait "$pr" 2>/dev/null || true
   [ -n "${PROFILE_PERF_OUT:-}" ] && cp "$work/perf.data" "$PROFILE_PERF_OUT"
-  echo "perf: share of samples by DSO"
-  perf report -i "$work/perf.data" --no-children --sort dso --stdio 2> /dev/null \
-    | awk '/^ +[0-9.]+%/ { printf "  %s %s\n", $1, $2 }' | head -8
-  echo "perf: top symbols by self time"
-  perf report -i "$work/perf.data" --no-children --sort sym --stdio -g none 2> /dev/null \
-    | awk '/^ +[0-9.]+%/ { $2 = ""; print "  " $0 }' | head -"${PROFILE_TOP:-30}"
+  perf_summary "$work/perf.data" "${PROFILE_TOP:-30}"
 fi
