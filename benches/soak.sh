@@ -88,13 +88,14 @@ if [ -z "$shared" ] || [ -z "$own" ] || [ -z "$fwd" ]; then
   cat "$work/sidekey.out" >&2; echo "sidekey did not start (shared=$shared own=$own forward=$fwd)" >&2; exit 1
 fi
 
-cat > "$work/allowed.lua" <<'LUA'
--- (wrk.format at load time has no Host of wrk's own yet: name it)
+# allowed_lua FILE ITEM: GETs of the list and of ITEM, statuses other than 200 counted per
+# thread and printed at the end (wrk.format at load time has no Host of wrk's own: name it).
+allowed_lua() {
+  cat > "$1" <<LUA
 local h = {Host = "localhost"}
-local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_1", h) }
+local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/$2", h) }
 local i = 0
 request = function() i = i % #reqs + 1; return reqs[i] end
--- Statuses other than 200, counted per thread and printed at the end.
 bad = {}
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -105,22 +106,9 @@ function done()
   end
 end
 LUA
-cat > "$work/own.lua" <<'LUA'
-local h = {Host = "localhost"}
-local reqs = { wrk.format("GET", "/main/v1/items", h), wrk.format("GET", "/main/v1/items/it_2", h) }
-local i = 0
-request = function() i = i % #reqs + 1; return reqs[i] end
--- Statuses other than 200, counted per thread and printed at the end.
-bad = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function response(status) if status ~= 200 then bad[status] = (bad[status] or 0) + 1 end end
-function done()
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("bad")) do io.write("status ", status, ": ", n, "\n") end
-  end
-end
-LUA
+}
+allowed_lua "$work/allowed.lua" it_1
+allowed_lua "$work/own.lua" it_2
 cat > "$work/refused.lua" <<'LUA'
 -- denied (permission), no route, ambiguous path, a body to a denied route
 local h = {Host = "localhost"}
